@@ -1,0 +1,35 @@
+"""Component: report -> ``rightsizer.stages.report.run``; the report also as a Markdown artifact."""
+
+from typing import List, Optional
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+
+from rightsizer_components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact], markdown: Output[Markdown],
+           headline: Output[Metrics],
+           teacher_metrics: Optional[Input[List[Artifact]]] = None,
+           student_metrics: Optional[Input[List[Artifact]]] = None,
+           adapter_metrics: Optional[Input[List[Artifact]]] = None,
+           slice_metrics: Optional[Input[List[Artifact]]] = None,
+           other_metrics: Optional[Input[List[Artifact]]] = None):
+    import os
+    import shutil
+
+    from rightsizer.component_runtime import call
+    from rightsizer.stages import report as stage
+
+    groups = [teacher_metrics, student_metrics, adapter_metrics, slice_metrics, other_metrics]
+    metrics_dirs = [artifact.path for group in groups if group for artifact in group]
+    leaderboard = call(stage.run, config_json, data_dir=data.path, metrics_dirs=metrics_dirs, output_dir=report_dir.path)
+    shutil.copyfile(os.path.join(report_dir.path, "report.md"), markdown.path)
+    best = leaderboard["candidates"][0]
+    headline.log_metric("best_" + leaderboard["metric"], float(best[leaderboard["metric"]]))
+    if leaderboard["recommended"]:
+        chosen = next(c for c in leaderboard["candidates"] if c["name"] == leaderboard["recommended"])
+        headline.log_metric("recommended_" + leaderboard["metric"], float(chosen[leaderboard["metric"]]))
+        headline.log_metric("recommended_latency_ms", float(chosen["latency_ms"]))
+    report_dir.metadata["recommended"] = leaderboard["recommended"] or ""

@@ -1,0 +1,1 @@
+"""Pipeline definitions and presets (YAML configs for the reference experiments)."""

@@ -1,0 +1,222 @@
+"""The ``rightsizer`` command line: run, compile, stage (and the cluster commands).
+
+User mistakes print one line ``error: ...`` on stderr and exit 2, with nothing half-written left
+in ``--output``; anything else is a bug and exits 1 with a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rightsizer.errors import UserError, one_of
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="rightsizer: right-size your language model, on Kubeflow.")
+console = Console(stderr=False, soft_wrap=True)
+RUN_MARKERS = ("leaderboard.json", "report.md")
+
+SetOption = typer.Option(None, "--set", "-s", help="override a config key: key.path=value (repeatable)")
+
+
+def _load(config_path: Path, overrides: Optional[list[str]]):
+    from rightsizer.config import load_config
+
+    return load_config(config_path, overrides or [])
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists():
+        if not output.is_dir():
+            raise UserError(f"output '{output}' exists and is not a directory")
+        previous = any((output / marker).exists() for marker in RUN_MARKERS)
+        if any(output.iterdir()) and not previous and not overwrite:
+            raise UserError(f"output directory '{output}' exists and is not a previous rightsizer run; "
+                            "choose another or pass --overwrite")
+
+
+@app.command()
+def run(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
+    output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="where the report and models go"),
+    overrides: Optional[list[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an output dir that is not a previous run"),
+) -> None:
+    """Run the whole pipeline locally (kfp.local SubprocessRunner, no cluster)."""
+    from rightsizer.pipeline import collect_outputs, run_local
+
+    config = _load(config_path, overrides)
+    output = output.expanduser().resolve()
+    _check_output(output, overwrite)
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    started = time.time()
+    try:
+        console.print(f"[bold]rightsizer[/] running [cyan]{config.name}[/] on {config.data.source} (local KFP runner)")
+        run_dir = run_local(config, partial / "kfp")
+        result = partial / "result"
+        result.mkdir(parents=True)
+        collect_outputs(run_dir, result)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(result, output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _print_run(output, time.time() - started)
+
+
+def _print_run(output: Path, elapsed: float) -> None:
+    from rightsizer.outputs import read_json
+
+    leaderboard = read_json(output / "leaderboard.json")
+    table = Table(title="leaderboard", title_justify="left")
+    for column in ("candidate", "kind", "accuracy", "macro-F1", "latency ms", "params"):
+        table.add_column(column, justify="left" if column in ("candidate", "kind") else "right")
+    for row in leaderboard["candidates"]:
+        star = " ⭐" if row["name"] == leaderboard["recommended"] else ""
+        table.add_row(row["name"] + star, row["kind"], f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}",
+                      f"{row['latency_ms']:.2f}" if row.get("latency_ms") is not None else "–",
+                      f"{row['params']:,}" if row.get("params") is not None else "–")
+    console.print(table)
+    timings = Table(title="time per stage", title_justify="left")
+    timings.add_column("stage")
+    timings.add_column("name")
+    timings.add_column("seconds", justify="right")
+    summaries = sorted((read_json(p) for p in (output / "stages").rglob("summary.json")), key=lambda s: s.get("finished_at", ""))
+    summaries.append(read_json(output / "summary.json"))
+    for summary in summaries:
+        timings.add_row(summary.get("stage", "?"), str(summary.get("name") or ""), f"{summary.get('duration_s', 0):.1f}")
+    console.print(timings)
+    if leaderboard["recommended"]:
+        console.print(f"[bold green]recommended:[/] {leaderboard['recommended']} — {leaderboard['reason']}")
+    console.print(f"report: {output / 'report.md'}   (total {elapsed:.0f} s)")
+
+
+@app.command("compile")
+def compile_command(
+    config_path: Path = typer.Argument(..., metavar="CONFIG"),
+    output: Path = typer.Option(..., "--output", "-o", help="pipeline YAML to write"),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Compile the pipeline to KFP IR YAML (upload it in the KFP UI)."""
+    from rightsizer.pipeline import compile_pipeline
+
+    config = _load(config_path, overrides)
+    path = compile_pipeline(config, output)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def stage(
+    name: str = typer.Argument(..., help="prepare | teacher | evaluate | report | ..."),
+    config_path: Path = typer.Option(..., "--config", "-c"),
+    inputs: Optional[list[Path]] = typer.Option(None, "--in", help="input directories, in the stage's order"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    member: Optional[str] = typer.Option(None, "--name", help="which teacher/student/adapter (default: the first)"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="evaluate: candidate kind"),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Run one stage by hand (the same function a pipeline task runs)."""
+    from rightsizer.stages import STAGES
+
+    if name not in STAGES:
+        raise UserError(f"unknown stage '{name}'; stages: {one_of(STAGES)}")
+    module_name, wanted = STAGES[name]
+    config = _load(config_path, overrides)
+    inputs = list(inputs or [])
+    kwargs: dict = {}
+    for index, key in enumerate(wanted):
+        if key.startswith("*"):
+            kwargs[key[1:]] = inputs[index:]
+            if not kwargs[key[1:]]:
+                raise UserError(f"stage {name} needs at least one more --in ({key[1:]})")
+            break
+        if index >= len(inputs):
+            raise UserError(f"stage {name} needs --in for: {', '.join(k.lstrip('*') for k in wanted)}")
+        kwargs[key] = inputs[index]
+    else:
+        if len(inputs) > len(wanted):
+            raise UserError(f"stage {name} takes {len(wanted)} --in value(s), got {len(inputs)}")
+    for path in inputs:
+        if not path.exists():
+            raise UserError(f"input '{path}' not found")
+    import inspect
+
+    module = importlib.import_module(module_name)
+    parameters = inspect.signature(module.run).parameters
+    if member is not None and "name" in parameters:
+        kwargs["name"] = member
+    if kind is not None and "kind" in parameters:
+        kwargs["kind"] = kind
+    summary = module.run(config, output_dir=out, **kwargs)
+    console.print(f"{name} done -> {out}" + (f" ({summary.get('duration_s')} s)" if isinstance(summary, dict) and summary.get("duration_s") else ""))
+
+
+@app.command()
+def presets() -> None:
+    """List model presets and pipeline presets."""
+    from rightsizer.models import preset_table
+
+    table = Table(title="model presets", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for row in preset_table():
+        table.add_row(row["name"], row["description"])
+    console.print(table)
+    directory = Path(__file__).resolve().parents[2] / "pipelines" / "presets"
+    try:
+        import rightsizer_pipelines
+
+        directory = Path(rightsizer_pipelines.__file__).parent / "presets"
+    except ImportError:
+        pass
+    files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
+    if files:
+        pipelines = Table(title="pipeline presets", title_justify="left")
+        pipelines.add_column("file")
+        pipelines.add_column("what")
+        for file in files:
+            first = next((line.lstrip("# ").strip() for line in file.read_text().splitlines() if line.startswith("#")), "")
+            pipelines.add_row(str(file), first)
+        console.print(pipelines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # typer/click exit codes
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors are user errors too
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            return 2
+        if isinstance(exc, click.exceptions.Abort):
+            print("error: aborted", file=sys.stderr)
+            return 130
+        raise
+    return 0
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,457 @@
+"""One config model for the whole run.
+
+A run is described by one YAML file (see ``examples/demo.yaml``). It is parsed into
+:class:`RunConfig`, a pydantic model that forbids unknown keys, checks ranges and enumerations and
+cross-field rules once, at load time, so a typo fails in a second instead of an hour into training.
+``--set a.b=value`` overrides are applied to the raw YAML before validation and typed by the schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rightsizer.errors import UserError, did_you_mean, one_of
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+ADAPTER_METHODS = ("lora", "rslora", "dora", "adalora", "ia3", "loha", "lokr", "oft", "prefix", "prompt")
+STAGES = ("prepare", "teachers", "students", "adapters", "probe", "evaluate", "report")
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    source: str = Field(description="builtin:NAME | path (csv/json/jsonl/parquet, file or dir) | s3://bucket/key | hf:NAME[:CONFIG]")
+    text_column: str = "text"
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks")
+    label_column: str = "label"
+    validation_size: float = Field(0.1, gt=0, lt=1, description="fraction of the whole set")
+    test_size: float = Field(0.2, gt=0, lt=1, description="used only when the source has no test split")
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per example after truncation")
+    max_train_samples: int | None = Field(None, ge=1, description="stratified subsample of train")
+    max_eval_samples: int | None = Field(None, ge=1, description="stratified subsample of validation and test")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "DataConfig":
+        if self.validation_size + self.test_size >= 0.9:
+            raise ValueError(
+                f"validation_size + test_size = {self.validation_size + self.test_size:.2f} leaves almost "
+                "nothing to train on; keep their sum below 0.9"
+            )
+        return self
+
+
+class TrainingOptions(Strict):
+    """Hyper-parameters shared by every stage that trains something."""
+
+    epochs: float = Field(3.0, gt=0, description="passes over the training split")
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    eval_batch_size: int = Field(128, ge=1, le=8192)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    logging_steps: int = Field(10, ge=1)
+
+
+class TeacherConfig(TrainingOptions):
+    name: str = Field("teacher", pattern=NAME_PATTERN)
+    model: str = Field("tiny-bert-4l", description="preset | local dir | hub id")
+
+
+class StudentConfig(TrainingOptions):
+    name: str = Field("student", pattern=NAME_PATTERN)
+    model: str | None = Field(None, description="preset | local dir | hub id")
+    from_teacher_layers: list[int] | None = Field(None, description="build the student from these teacher layers")
+    teacher: str | None = Field(None, description="teacher whose layers from_teacher_layers copies (default: the first)")
+    temperature: float = Field(2.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term vs hard-label CE")
+    hidden_weight: float = Field(0.0, ge=0, description="hidden-state MSE weight")
+    layer_map: dict[int, int] | None = Field(None, description="student layer -> teacher layer")
+    teacher_weighting: Literal["mean", "val_score"] = "mean"
+    control: bool = Field(True, description="also train the student on the data alone (alpha = 0)")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "StudentConfig":
+        if self.model is None and self.from_teacher_layers is None:
+            raise ValueError("a student needs either 'model' or 'from_teacher_layers'")
+        if self.model is not None and self.from_teacher_layers is not None:
+            raise ValueError("give a student either 'model' or 'from_teacher_layers', not both")
+        if self.from_teacher_layers is not None and (
+            not self.from_teacher_layers or any(i < 0 for i in self.from_teacher_layers)
+        ):
+            raise ValueError("from_teacher_layers must be a non-empty list of layer indices >= 0")
+        return self
+
+
+class AdapterConfig(TrainingOptions):
+    name: str = Field("adapter", pattern=NAME_PATTERN)
+    method: Literal[ADAPTER_METHODS] = Field("lora", description=" | ".join(ADAPTER_METHODS))  # type: ignore[valid-type]
+    base: str = Field("teacher", description="a teacher name (its pretrained model) or a model reference")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(None, description="modules to adapt")
+    r: int = Field(8, ge=1, le=4096, description="rank (or number of virtual tokens for prefix/prompt)")
+    alpha: float | None = Field(None, gt=0, description="scaling; default 2*r")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific peft options")
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+
+
+class ProbeConfig(TrainingOptions):
+    model: str = Field("teacher", description="a teacher name (its pretrained model) or a model reference")
+    layers: Literal["all"] | list[int] = "all"
+    finetune_slices: Literal["auto"] | list[int] = Field(default_factory=list)
+    pooling: Literal["auto", "cls", "mean", "last"] = "auto"
+    max_probe_samples: int | None = Field(None, ge=10, description="subsample train for the linear probes")
+
+
+class PromptingConfig(Strict):
+    model: str | None = Field(None, description="causal LM to prompt (teacher name or model reference); default: decoder teachers")
+    shots: list[int] = Field(default_factory=lambda: [0], description="k for k-shot prompting; 0 = zero-shot")
+    template: str = "{text}\nAnswer: {label}"
+    verbalizer: dict[str, str] | None = Field(None, description="label -> word; default: the label names")
+
+    @field_validator("shots", mode="before")
+    @classmethod
+    def _int_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+
+class EvaluationConfig(Strict):
+    latency_batch_size: int = Field(1, ge=1, le=1024)
+    latency_samples: int = Field(64, ge=4, description="timed batches for p50/p95")
+    warmup_batches: int = Field(3, ge=0)
+    batch_size: int = Field(128, ge=1, description="batch size for accuracy and throughput")
+    threads: int | None = Field(None, ge=1, description="CPU threads for latency (default: torch's)")
+    prompting: PromptingConfig | None = None
+
+
+class ReportConfig(Strict):
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    tolerance: float = Field(0.01, ge=0, le=1, description="recommend the smallest candidate within this of the best")
+    size_by: Literal["latency", "params", "size_mb"] = "latency"
+
+
+class ResourceSpec(Strict):
+    cpu: str | None = None
+    memory: str | None = None
+    gpus: int | Literal["auto"] | None = Field(None, description="accelerators per pod")
+    gpu_type: str | None = None
+    workers: int | None = Field(None, ge=1, description="nodes (multi-node TrainJob when > 1)")
+    processes: int | None = Field(None, ge=1, description="training processes per pod (default = gpus)")
+    node_selector: dict[str, str] | None = None
+    tolerations: list[dict[str, Any]] | None = None
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        text = str(value)
+        if not re.fullmatch(r"\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?", text):
+            raise ValueError(f"'{text}' is not a Kubernetes quantity (e.g. 2, 500m, 8Gi)")
+        return text
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("gpus must be >= 0 or 'auto'")
+        return value
+
+
+DEFAULT_RESOURCES = ResourceSpec(cpu="2", memory="8Gi", gpus=0, gpu_type="nvidia.com/gpu", workers=1)
+
+
+class ResourcesConfig(Strict):
+    default: ResourceSpec = Field(default_factory=lambda: DEFAULT_RESOURCES.model_copy())
+    prepare: ResourceSpec = Field(default_factory=ResourceSpec)
+    teachers: ResourceSpec = Field(default_factory=ResourceSpec)
+    students: ResourceSpec = Field(default_factory=ResourceSpec)
+    adapters: ResourceSpec = Field(default_factory=ResourceSpec)
+    probe: ResourceSpec = Field(default_factory=ResourceSpec)
+    evaluate: ResourceSpec = Field(default_factory=ResourceSpec)
+    report: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    def for_stage(self, stage: str) -> ResourceSpec:
+        """The default spec overlaid with the stage's own keys."""
+        if stage not in STAGES:
+            raise KeyError(f"unknown stage {stage!r}")
+        merged = DEFAULT_RESOURCES.model_dump()
+        merged.update({k: v for k, v in self.default.model_dump().items() if v is not None})
+        merged.update({k: v for k, v in getattr(self, stage).model_dump().items() if v is not None})
+        return ResourceSpec(**merged)
+
+
+class StorageConfig(Strict):
+    endpoint: str | None = Field(None, description="http://host:port (no TLS), https://host or bare host (TLS)")
+    bucket: str = Field("rightsizer", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str | None = None
+    prefix: str = Field("runs", description="key prefix for run artifacts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if any(word in str(key).lower() for word in ("secret", "password", "access_key", "token", "credential")):
+                    raise ValueError(
+                        f"'{key}': credentials never go in the config; set AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY in the environment (or mount the k8s Secret)"
+                    )
+        return data
+
+
+class RunConfig(Strict):
+    name: str = Field("rightsizer", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="lowercase, digits, '-'")
+    seed: int = Field(42, ge=0)
+    image: str | None = Field(None, description="container image for every stage (default: $RIGHTSIZER_IMAGE)")
+    data: DataConfig
+    teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig()])
+    students: list[StudentConfig] = Field(default_factory=list)
+    adapters: list[AdapterConfig] = Field(default_factory=list)
+    probe: ProbeConfig | None = None
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    deepspeed: dict[str, Any] | str | None = Field(None, description="null | {zero_stage: 2, ...} | path to a DeepSpeed JSON")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("students", "adapters", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        names = [t.name for t in self.teachers] + [s.name for s in self.students] + [a.name for a in self.adapters]
+        names += [f"{s.name}-nodistill" for s in self.students if s.control]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"candidate names must be unique; repeated: {', '.join(duplicates)}")
+        if self.students and not self.teachers:
+            raise ValueError("students are configured but there are no teachers to distil from; add a teacher")
+        if not self.teachers and not self.adapters and not (self.probe and self.probe.finetune_slices):
+            raise ValueError("nothing to train: configure at least one teacher, adapter or probe slice")
+        teacher_names = {t.name for t in self.teachers}
+        for student in self.students:
+            if student.teacher is not None and student.teacher not in teacher_names:
+                raise ValueError(
+                    f"student '{student.name}': teacher '{student.teacher}' is not a configured teacher "
+                    f"({one_of(teacher_names)})"
+                )
+        return self
+
+    # -- helpers used by stages -------------------------------------------------------------
+    def teacher(self, name: str) -> TeacherConfig:
+        return _by_name(self.teachers, name, "teacher")
+
+    def student(self, name: str) -> StudentConfig:
+        return _by_name(self.students, name, "student")
+
+    def adapter(self, name: str) -> AdapterConfig:
+        return _by_name(self.adapters, name, "adapter")
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def _by_name(items: list, name: str, what: str):
+    for item in items:
+        if item.name == name:
+            return item
+    raise UserError(f"no {what} named '{name}' in the config ({one_of(i.name for i in items) or 'none configured'})")
+
+
+# ---------------------------------------------------------------------------------------------
+# loading, overrides and error messages
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate. Raises UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file '{path}' not found")
+    if path.is_dir():
+        raise UserError(f"config '{path}' is a directory; give a YAML file")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config '{path}': {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "could not parse"
+        raise UserError(f"config '{path}' is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides, origin=str(path))
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None, origin: str = "config") -> RunConfig:
+    raw = json.loads(json.dumps(raw, default=str))  # deep copy, plain types only
+    for override in overrides or []:
+        apply_override(raw, override)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"{origin}: {format_validation_error(exc)}") from None
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Inverse of :meth:`RunConfig.to_json` (used by components and pods)."""
+    return config_from_dict(json.loads(text), origin="config")
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one ``a.b.0.c=value`` override to a raw config dict, checking the path against the schema."""
+    if "=" not in override:
+        raise UserError(f"--set '{override}' must look like key.path=value (e.g. teachers.0.epochs=1)")
+    dotted, _, value_text = override.partition("=")
+    parts = [p for p in dotted.strip().split(".")]
+    if not dotted.strip() or any(not p for p in parts):
+        raise UserError(f"--set '{override}': empty key path")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text
+    node: Any = raw
+    schema: Any = RunConfig
+    walked: list[str] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(walked) or "the top level"
+        model = _model_class(schema)
+        if isinstance(node, list) or _is_list(schema):
+            if not isinstance(node, list):
+                raise UserError(f"--set {dotted}: '{here}' is not a list in this config")
+            if not part.isdigit():
+                raise UserError(f"--set {dotted}: '{here}' is a list; use an index like {here}.0")
+            index = int(part)
+            if index >= len(node):
+                raise UserError(f"--set {dotted}: '{here}' has {len(node)} item(s); index {index} does not exist")
+            if last:
+                node[index] = value
+                return
+            schema = _list_item(schema)
+            if node[index] is None or not isinstance(node[index], (dict, list)):
+                node[index] = {}
+            node = node[index]
+        elif model is not None:
+            fields = model.model_fields
+            if part not in fields:
+                raise UserError(
+                    f"--set {dotted}: '{part}' is not a key of {here}{did_you_mean(part, fields)}; "
+                    f"valid keys: {one_of(fields)}"
+                )
+            if last:
+                node[part] = value
+                return
+            if node.get(part) is None:
+                node[part] = _default_of(fields[part])
+            node = node[part]
+            schema = fields[part].annotation
+        elif isinstance(node, dict) or _is_dict(schema):
+            if last:
+                node[part] = value
+                return
+            node = node.setdefault(part, {})
+            schema = Any
+        else:
+            raise UserError(f"--set {dotted}: '{here}' is a single value and has no key '{part}'")
+        walked.append(part)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is Union or str(origin) == "types.UnionType":
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    for option in _unwrap(annotation):
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            return option
+    return None
+
+
+def _is_list(annotation: Any) -> bool:
+    return any(typing.get_origin(o) is list for o in _unwrap(annotation))
+
+
+def _is_dict(annotation: Any) -> bool:
+    return any(typing.get_origin(o) is dict for o in _unwrap(annotation))
+
+
+def _list_item(annotation: Any) -> Any:
+    for option in _unwrap(annotation):
+        if typing.get_origin(option) is list:
+            return typing.get_args(option)[0]
+    return Any
+
+
+def _default_of(field) -> Any:
+    if field.is_required():
+        return {}
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, BaseModel):
+        return default.model_dump(mode="json")
+    if default is None:
+        return {}
+    return json.loads(json.dumps(default, default=str))
+
+
+def format_validation_error(exc: ValidationError, limit: int = 3) -> str:
+    """Turn pydantic's multi-line report into one line naming keys and allowed values."""
+    messages = []
+    for error in exc.errors()[:limit]:
+        loc = [str(p) for p in error["loc"] if not str(p).startswith(("function-", "literal[", "int", "list[", "dict["))]
+        key = ".".join(loc) or "config"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            valid = list(parent.model_fields) if parent else []
+            messages.append(f"unknown key '{key}'{did_you_mean(loc[-1], valid)}" + (f"; valid keys: {one_of(valid)}" if valid else ""))
+        elif kind == "missing":
+            messages.append(f"'{key}' is required")
+        elif kind == "literal_error":
+            expected = error.get("ctx", {}).get("expected", "")
+            got = error.get("input")
+            hint = did_you_mean(got, re.findall(r"'([^']+)'", expected)) if isinstance(got, str) else ""
+            messages.append(f"'{key}' must be one of {expected}, got {got!r}{hint}")
+        else:
+            msg = error["msg"].removeprefix("Value error, ")
+            got = error.get("input")
+            shown = "" if isinstance(got, (dict, list)) or kind.startswith("value_error") else f" (got {got!r})"
+            messages.append(f"'{key}': {msg}{shown}" if loc else f"{msg}")
+    more = len(exc.errors()) - limit
+    return "; ".join(messages) + (f"; and {more} more" if more > 0 else "")
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    schema: Any = RunConfig
+    for part in loc:
+        model = _model_class(schema)
+        if part.isdigit() and _is_list(schema):
+            schema = _list_item(schema)
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        schema = model.model_fields[part].annotation
+    return _model_class(schema)

@@ -1,0 +1,361 @@
+"""Load a labelled text data set, map its columns, reject bad data, split it, tokenize it.
+
+Sources: ``builtin:NAME`` (generated in code), a local file or directory (CSV, JSON, JSONL,
+Parquet), ``hf:NAME[:CONFIG]`` (``datasets.load_dataset``) and ``s3://`` / ``minio://`` (through
+:mod:`rightsizer.storage`). Whatever the source, the result is a ``DatasetDict`` with splits
+``train``/``validation``/``test`` and columns ``id``, ``text`` (``text_pair``) and ``label``
+(a ``ClassLabel`` carrying the label names), plus a card describing it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rightsizer.config import DataConfig
+from rightsizer.errors import UserError, did_you_mean, one_of
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                 "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+READERS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class Loaded:
+    """Raw splits as data frames, before cleaning; ``label_names`` when the source declares them."""
+
+    splits: dict[str, pd.DataFrame]
+    label_names: list[str] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def load_source(data: DataConfig) -> Loaded:
+    source = data.source.strip()
+    if source.startswith("builtin:"):
+        return _load_builtin(source.removeprefix("builtin:"))
+    if source.startswith("hf:"):
+        return _load_hf(source.removeprefix("hf:"))
+    if source.startswith(("s3://", "minio://")):
+        return _load_s3(source, data)
+    if "://" in source:
+        raise UserError(f"data.source '{source}': unsupported scheme; use a local path, builtin:NAME, hf:NAME or s3://bucket/key")
+    return load_path(Path(source).expanduser())
+
+
+def _load_builtin(name: str) -> Loaded:
+    from rightsizer.builtin_data import BUILTIN
+
+    if name not in BUILTIN:
+        raise UserError(f"unknown built-in data set '{name}'{did_you_mean(name, BUILTIN)}; built-ins: {one_of(BUILTIN)}")
+    spec = BUILTIN[name]
+    frame = pd.DataFrame(spec["rows"]())
+    return Loaded({"all": frame}, list(spec["labels"]), {"text_column": spec["text_column"], "text_pair_column": spec["text_pair_column"]})
+
+
+def _load_hf(spec: str) -> Loaded:
+    import datasets
+
+    name, _, subset = spec.partition(":")
+    if not name:
+        raise UserError("data.source 'hf:' needs a data set name, e.g. hf:ag_news or hf:glue:qqp")
+    try:
+        loaded = datasets.load_dataset(name, subset or None)
+    except (ConnectionError, OSError) as exc:
+        raise UserError(f"cannot load '{name}' from the Hugging Face Hub (offline or not found): {str(exc).splitlines()[0][:200]}") from None
+    except ValueError as exc:
+        raise UserError(f"cannot load hf:{spec}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # hub client errors have many classes; all mean the same to a user
+        raise UserError(f"cannot load hf:{spec} ({type(exc).__name__}): {str(exc).splitlines()[0][:200]}") from None
+    splits, label_names = {}, None
+    for split_name, split in loaded.items():
+        target = SPLIT_ALIASES.get(split_name)
+        if target is None:
+            continue
+        splits[target] = split.to_pandas()
+        for feature in split.features.values():
+            if hasattr(feature, "names") and label_names is None:
+                label_names = list(feature.names)
+    if not splits:
+        raise UserError(f"hf:{spec} has no train/validation/test split (it has: {one_of(loaded)})")
+    return Loaded(splits, label_names)
+
+
+def _load_s3(uri: str, data: DataConfig) -> Loaded:
+    import tempfile
+
+    try:
+        from rightsizer import storage
+    except ImportError:  # pragma: no cover - storage arrives with the platform issue
+        raise UserError("s3:// sources are not yet supported in this version; download the file and give a local path") from None
+    fetch = getattr(storage, "download_source", None)
+    if fetch is None:
+        raise UserError("s3:// sources are not yet supported in this version; download the file and give a local path")
+    local = Path(tempfile.mkdtemp(prefix="rightsizer-data-"))
+    return load_path(fetch(uri, local))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    kind = READERS.get(suffix)
+    if kind is None:
+        raise UserError(f"'{path}': unsupported file type '{suffix or '(none)'}'; use {one_of(READERS)}")
+    try:
+        if kind == "csv":
+            return pd.read_csv(path, keep_default_na=True)
+        if kind == "tsv":
+            return pd.read_csv(path, sep="\t")
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True)
+        if kind == "json":
+            try:
+                return pd.read_json(path)
+            except ValueError:
+                return pd.read_json(path, lines=True)
+        return pd.read_parquet(path)
+    except UserError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise UserError(f"'{path}' is empty") from None
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        raise UserError(f"cannot read '{path}' as {kind}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # pyarrow raises its own classes for a corrupt parquet file
+        raise UserError(f"cannot read '{path}' as {kind}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def load_path(path: Path) -> Loaded:
+    if not path.exists():
+        raise UserError(f"data file '{path}' not found")
+    if path.is_file():
+        return Loaded({"all": read_table(path)})
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in READERS)
+    splits: dict[str, pd.DataFrame] = {}
+    for file in files:
+        split = SPLIT_ALIASES.get(file.stem.lower())
+        if split is None:
+            continue
+        if split in splits:
+            raise UserError(f"'{path}' has two files for the {split} split; keep one")
+        splits[split] = read_table(file)
+    if not splits:
+        if len(files) == 1:
+            return Loaded({"all": read_table(files[0])})
+        found = ", ".join(p.name for p in files) or "no data files"
+        raise UserError(f"directory '{path}' needs train/validation/test files (e.g. train.csv, test.csv); found: {found}")
+    if "train" not in splits:
+        raise UserError(f"directory '{path}' has no train file (found splits: {one_of(splits)})")
+    return Loaded(splits)
+
+
+# ---------------------------------------------------------------------------------------------
+# cleaning and splitting
+
+
+def _check_columns(frame: pd.DataFrame, wanted: dict[str, str | None], split: str) -> None:
+    columns = [str(c) for c in frame.columns]
+    for key, column in wanted.items():
+        if column is not None and column not in frame.columns:
+            raise UserError(
+                f"column '{column}' (data.{key}) not found in the {split} data{did_you_mean(column, columns)}; "
+                f"columns: {', '.join(columns) or 'none'}"
+            )
+
+
+def _is_blank(series: pd.Series) -> pd.Series:
+    return series.isna() | series.astype(str).str.strip().eq("")
+
+
+def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
+    """Load, clean, label-encode and split. Returns ``(DatasetDict, card)``."""
+    import datasets
+
+    loaded = loaded or load_source(data)
+    text_column = data.text_column
+    pair_column = data.text_pair_column
+    if loaded.defaults and data.source.startswith("builtin:"):
+        # built-ins know their own columns unless the user mapped them explicitly
+        if text_column == "text":
+            text_column = loaded.defaults["text_column"]
+        if pair_column is None:
+            pair_column = loaded.defaults["text_pair_column"]
+    wanted = {"text_column": text_column, "text_pair_column": pair_column, "label_column": data.label_column}
+
+    cleaned: dict[str, pd.DataFrame] = {}
+    dropped = {"empty_text": 0, "missing_label": 0}
+    for split, frame in loaded.splits.items():
+        if len(frame) == 0:
+            raise UserError(f"the {split} data of '{data.source}' has no rows")
+        _check_columns(frame, wanted, split)
+        out = pd.DataFrame({"text": frame[text_column]})
+        if pair_column:
+            out["text_pair"] = frame[pair_column]
+        out["label"] = frame[data.label_column]
+        empty = _is_blank(out["text"])
+        if pair_column:
+            empty |= _is_blank(out["text_pair"])
+        missing = out["label"].isna() & ~empty
+        dropped["empty_text"] += int(empty.sum())
+        dropped["missing_label"] += int(missing.sum())
+        out = out[~(empty | missing)].reset_index(drop=True)
+        out["text"] = out["text"].astype(str)
+        if pair_column:
+            out["text_pair"] = out["text_pair"].astype(str)
+        cleaned[split] = out
+
+    total = sum(len(f) for f in cleaned.values())
+    if total == 0:
+        raise UserError(f"no usable rows in '{data.source}' after dropping {dropped['empty_text']} with empty text "
+                        f"and {dropped['missing_label']} with no label")
+
+    label_names = _label_names(cleaned, loaded.label_names)
+    if len(label_names) < 2:
+        raise UserError(f"the data has only one class ({label_names[0]!r}); a classifier needs at least two")
+    index_of = {name: i for i, name in enumerate(label_names)}
+    for split, frame in cleaned.items():
+        frame["label"] = [index_of[_label_key(v, loaded.label_names)] for v in frame["label"]]
+
+    splits = _split(cleaned, data, seed, label_names)
+    splits = _subsample(splits, data, seed, label_names)
+
+    features = {"id": datasets.Value("int64"), "text": datasets.Value("string")}
+    if pair_column:
+        features["text_pair"] = datasets.Value("string")
+    features["label"] = datasets.ClassLabel(names=label_names)
+    dataset = datasets.DatasetDict({
+        name: datasets.Dataset.from_pandas(
+            frame.assign(id=np.arange(len(frame), dtype=np.int64))[list(features)],
+            features=datasets.Features(features), preserve_index=False,
+        )
+        for name, frame in splits.items()
+    })
+    card = {
+        "source": data.source,
+        "columns": {"text": text_column, "text_pair": pair_column, "label": data.label_column},
+        "pair_task": bool(pair_column),
+        "label_names": label_names,
+        "num_labels": len(label_names),
+        "rows": {name: len(frame) for name, frame in splits.items()},
+        "class_balance": {
+            name: {label_names[k]: int(v) for k, v in sorted(frame["label"].value_counts().items())}
+            for name, frame in splits.items()
+        },
+        "dropped_rows": dropped,
+        "splits_from_source": sorted(s for s in loaded.splits if s != "all"),
+        "mean_words": round(float(splits["train"]["text"].str.split().str.len().mean()), 1),
+    }
+    return dataset, card
+
+
+def _label_key(value: Any, declared: list[str] | None) -> str:
+    if declared is not None and isinstance(value, (int, np.integer)) and 0 <= int(value) < len(declared):
+        return declared[int(value)]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _label_names(frames: dict[str, pd.DataFrame], declared: list[str] | None) -> list[str]:
+    values = pd.concat([f["label"] for f in frames.values()], ignore_index=True)
+    keys = {_label_key(v, declared) for v in values}
+    if declared is not None and keys <= set(declared):
+        return [name for name in declared if name in keys] if len(keys) < len(declared) else list(declared)
+    if all(k.lstrip("-").isdigit() for k in keys):
+        return [str(k) for k in sorted(int(k) for k in keys)]
+    return sorted(keys)
+
+
+def _stratified(frame: pd.DataFrame, size: int, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split ``size`` rows off ``frame``, stratified by label; returns (rest, taken)."""
+    from sklearn.model_selection import train_test_split
+
+    if size <= 0 or size >= len(frame):
+        raise UserError(f"the {what} split would have {size} of {len(frame)} rows; adjust data.validation_size / data.test_size")
+    try:
+        rest, taken = train_test_split(frame, test_size=size, random_state=seed, stratify=frame["label"])
+    except ValueError as exc:
+        raise UserError(f"cannot make a stratified {what} split: {exc}; a class has too few rows for the split sizes") from None
+    return rest.reset_index(drop=True), taken.reset_index(drop=True)
+
+
+def _split(frames: dict[str, pd.DataFrame], data: DataConfig, seed: int, label_names: list[str]) -> dict[str, pd.DataFrame]:
+    if "all" in frames:
+        whole = frames["all"]
+        n = len(whole)
+        rest, test = _stratified(whole, round(n * data.test_size), seed, "test")
+        train, validation = _stratified(rest, round(n * data.validation_size), seed, "validation")
+        splits = {"train": train, "validation": validation, "test": test}
+    else:
+        splits = dict(frames)
+        total = sum(len(f) for f in frames.values())
+        if "test" not in splits:
+            splits["train"], splits["test"] = _stratified(splits["train"], round(total * data.test_size), seed, "test")
+        if "validation" not in splits:
+            splits["train"], splits["validation"] = _stratified(
+                splits["train"], round(total * data.validation_size), seed, "validation")
+    for name in SPLITS:
+        present = set(splits[name]["label"].unique())
+        missing = [label_names[k] for k in range(len(label_names)) if k not in present]
+        if missing and name != "test":
+            raise UserError(
+                f"the {name} split has no rows of class {', '.join(map(repr, missing))}; "
+                "increase data.validation_size / data.test_size or add rows of that class"
+            )
+    return {name: splits[name] for name in SPLITS}
+
+
+def _subsample(splits: dict[str, pd.DataFrame], data: DataConfig, seed: int, label_names: list[str]):
+    limits = {"train": data.max_train_samples, "validation": data.max_eval_samples, "test": data.max_eval_samples}
+    out = {}
+    for name, frame in splits.items():
+        limit = limits[name]
+        if limit is not None and limit < len(frame):
+            if limit < len(label_names):
+                raise UserError(f"max samples {limit} for {name} is smaller than the number of classes ({len(label_names)})")
+            _, frame = _stratified(frame, limit, seed, f"{name} subsample")
+        out[name] = frame.reset_index(drop=True)
+    return out
+
+
+def save_prepared(dataset, card: dict, directory: Path) -> None:
+    dataset.save_to_disk(str(directory / "dataset"))
+    (directory / "card.json").write_text(json.dumps(card, indent=2))
+
+
+def load_prepared(directory: str | Path):
+    """Load a prepared data directory written by the prepare stage: ``(DatasetDict, card)``."""
+    import datasets
+
+    directory = Path(directory)
+    card_path = directory / "card.json"
+    if not card_path.exists():
+        raise UserError(f"'{directory}' is not a prepared data directory (no card.json); run the prepare stage first")
+    return datasets.load_from_disk(str(directory / "dataset")), json.loads(card_path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenization
+
+
+def tokenize(dataset, tokenizer, max_length: int, pair: bool):
+    """Tokenize every split (truncation, no padding: the collator pads each batch)."""
+
+    def encode(batch):
+        if pair:
+            encoded = tokenizer(batch["text"], batch["text_pair"], truncation=True, max_length=max_length)
+        else:
+            encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    drop = [c for c in ("text", "text_pair") if c in dataset.column_names[next(iter(dataset))]] if hasattr(dataset, "keys") else \
+        [c for c in ("text", "text_pair") if c in dataset.column_names]
+    return dataset.map(encode, batched=True, remove_columns=drop, desc="tokenize", load_from_cache_file=False)

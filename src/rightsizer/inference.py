@@ -1,0 +1,60 @@
+"""Batched inference with dynamic padding, shared by evaluation, distillation and probing.
+
+Examples are sorted by length so each batch is padded only to its own longest member; results are
+returned in the original order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int):
+    if pairs is not None:
+        return tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    return tokenizer(texts, truncation=True, max_length=max_length)
+
+
+def batches_by_length(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def predict_logits(model, tokenizer, split, max_length: int, batch_size: int = 128, output_hidden_states: bool = False,
+                   hidden_fn=None):
+    """Logits (N, num_labels) for a dataset split with ``text`` (and ``text_pair``) columns.
+
+    ``hidden_fn(hidden_states, attention_mask)`` may reduce all hidden states per batch; its results
+    are returned in order as a second value. Returns ``(logits, seconds, extra)``.
+    """
+    import torch
+
+    texts = list(split["text"])
+    pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
+    encoded = encode_texts(tokenizer, texts, pairs, max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    device = next(model.parameters()).device
+    logits = None
+    extra: list = [None] * len(texts)
+    model.eval()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for index in batches_by_length(lengths, batch_size):
+            features = [{k: encoded[k][i] for k in encoded.keys()} for i in index]
+            batch = tokenizer.pad(features, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            output = model(**batch, output_hidden_states=output_hidden_states or hidden_fn is not None)
+            batch_logits = output.logits.float().cpu().numpy()
+            if logits is None:
+                logits = np.zeros((len(texts), batch_logits.shape[-1]), dtype=np.float32)
+            logits[index] = batch_logits
+            if hidden_fn is not None:
+                reduced = hidden_fn(output.hidden_states, batch["attention_mask"])
+                for row, i in enumerate(index):
+                    extra[i] = reduced[row]
+    elapsed = time.perf_counter() - started
+    if logits is None:
+        logits = np.zeros((0, 0), dtype=np.float32)
+    return logits, elapsed, extra

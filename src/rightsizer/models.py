@@ -1,0 +1,226 @@
+"""Resolve a model reference: a preset name, a local directory, or a Hugging Face Hub id.
+
+Presets are tiny architectures built from a config with random weights and a tokenizer trained on
+the run's own training split (``tokenizers``), so the demo and the tests need no download. They
+live in a registry: adding one (e.g. a decoder) is one :func:`register_preset` call, and an unknown
+name fails with the list of presets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rightsizer.errors import UserError, did_you_mean, one_of
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A tiny model family member: ``build_config(vocab_size, tokenizer) -> PretrainedConfig``."""
+
+    name: str
+    description: str
+    tokenizer: str  # "wordpiece" | "bpe"
+    build_config: Callable
+    decoder: bool = False
+    vocab_size: int = 4000
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    if preset.name in PRESETS:
+        raise ValueError(f"preset '{preset.name}' is already registered")
+    if preset.tokenizer not in ("wordpiece", "bpe"):
+        raise ValueError(f"preset '{preset.name}': tokenizer must be wordpiece or bpe, got {preset.tokenizer!r}")
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def _tiny_bert(layers: int) -> Callable:
+    def build(vocab_size: int, tokenizer):
+        from transformers import BertConfig
+
+        return BertConfig(
+            vocab_size=vocab_size, hidden_size=128, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=512, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+            hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        )
+
+    return build
+
+
+register_preset(Preset("tiny-bert-2l", "BERT, 2 layers, hidden 128 (~0.9M params)", "wordpiece", _tiny_bert(2)))
+register_preset(Preset("tiny-bert-4l", "BERT, 4 layers, hidden 128 (~1.3M params)", "wordpiece", _tiny_bert(4)))
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizers trained locally
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 4000):
+    """Train a WordPiece (BERT-style) or byte-level BPE (GPT-style) tokenizer on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts)
+    if kind == "wordpiece":
+        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=1)
+        tok.train_from_iterator(texts, trainer=trainer)
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+            mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        )
+    if kind == "bpe":
+        special = ["<pad>", "<s>", "</s>", "<unk>"]
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+            model_input_names=["input_ids", "attention_mask"],
+        )
+    raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving references
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise UserError(f"model directory '{path}' has no config.json; is it a saved Hugging Face model?")
+    if not any((path / name).exists() for name in WEIGHT_FILES):
+        found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+        hint = " (only safetensors weights are loaded; convert pytorch_model.bin with save_pretrained)" if (
+            path / "pytorch_model.bin").exists() else ""
+        raise UserError(f"model directory '{path}' has no weights (model.safetensors){hint}; found: {found}")
+
+
+def describe(reference: str) -> str:
+    """'preset' | 'local' | 'hub' (does not touch the network)."""
+    if reference in PRESETS:
+        return "preset"
+    if Path(reference).expanduser().exists() or reference.startswith(("/", "./", "../", "~")):
+        return "local"
+    return "hub"
+
+
+def _unknown(reference: str, reason: str) -> UserError:
+    return UserError(
+        f"model '{reference}' is not a preset{did_you_mean(reference, PRESETS)} (presets: {one_of(PRESETS)}), "
+        f"not a local directory, and {reason}"
+    )
+
+
+def load_classifier(reference: str, label_names: list[str], train_texts: Iterable[str] | None = None, seed: int = 0):
+    """A sequence classifier and its tokenizer for ``reference``, with a head for ``label_names``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in id2label.items()}
+    kind = describe(reference)
+    if kind == "preset":
+        preset = PRESETS[reference]
+        if train_texts is None:
+            raise ValueError("a preset needs training texts for its tokenizer")
+        tokenizer = train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size)
+        config = preset.build_config(len(tokenizer), tokenizer)
+        config.num_labels = len(label_names)
+        config.id2label, config.label2id = id2label, label2id
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+        return model, finish_tokenizer(model, tokenizer)
+    if kind == "local":
+        path = Path(reference).expanduser()
+        if not path.exists():
+            raise UserError(f"model directory '{path}' not found")
+        check_model_dir(path)
+        source = str(path)
+    else:
+        if not HUB_ID.match(reference) or reference.startswith("tiny-"):
+            raise _unknown(reference, "not a valid hub id")
+        source = reference
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(label_names), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if kind == "hub":
+            raise _unknown(reference, f"could not be loaded from the Hugging Face Hub (offline?): {first}") from None
+        raise UserError(f"cannot load model from '{source}': {first}") from None
+    return model, finish_tokenizer(model, tokenizer)
+
+
+def finish_tokenizer(model, tokenizer):
+    """Make padding work for every architecture (decoders often ship without a pad token)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+def load_saved(model_dir: str | Path):
+    """Reload a model saved by a stage (plain or PEFT adapter with its head)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    check_model_dir(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if (model_dir / "adapter_config.json").exists():
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir))
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def size_on_disk_mb(directory: str | Path) -> float:
+    directory = Path(directory)
+    weights = [p for p in directory.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt")]
+    return round(sum(p.stat().st_size for p in weights) / 1e6, 3)
+
+
+def preset_table() -> list[dict]:
+    return [{"name": p.name, "description": p.description, "decoder": p.decoder} for p in PRESETS.values()]
+
+
+def saved_label_names(model_dir: Path) -> list[str]:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = config.get("id2label", {})
+    return [id2label[str(i)] for i in range(len(id2label))]

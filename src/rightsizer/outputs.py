@@ -1,0 +1,85 @@
+"""Stage output directories: written to a hidden work dir, renamed into place when complete.
+
+A crash leaves the final directory untouched (no half-written output) and keeps the work dir, so
+a training stage that is run again resumes from its last checkpoint instead of starting over.
+Every stage's ``summary.json`` says what made it: rightsizer version, git commit, resolved config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rightsizer import __version__
+from rightsizer.errors import UserError
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(config=None) -> dict[str, Any]:
+    stamp: dict[str, Any] = {"rightsizer_version": __version__, "git_commit": os.environ.get("RIGHTSIZER_GIT_COMMIT") or git_commit()}
+    if config is not None:
+        stamp["config"] = config.model_dump(mode="json")
+    return stamp
+
+
+def write_json(path: Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@dataclass
+class StageOutput:
+    final: Path
+    work: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def work_dir_for(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+@contextmanager
+def stage_output(output_dir: str | Path, stage: str, config=None, name: str | None = None):
+    """Yield a :class:`StageOutput`; on success write summary.json and move the work dir into place."""
+    final = Path(output_dir)
+    if final.exists() and final.is_dir() and any(final.iterdir()) and not (final / "summary.json").exists():
+        raise UserError(f"output directory '{final}' exists and is not a rightsizer stage output; choose another")
+    work = work_dir_for(final)
+    work.mkdir(parents=True, exist_ok=True)
+    out = StageOutput(final, work)
+    started = time.time()
+    try:
+        yield out
+    except UserError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    summary = {"stage": stage, "name": name, **out.summary, "duration_s": round(time.time() - started, 2),
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **provenance(config)}
+    write_json(work / "summary.json", summary)
+    shutil.rmtree(work / "checkpoints", ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, final)
+    out.summary = summary

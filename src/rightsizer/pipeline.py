@@ -1,0 +1,175 @@
+"""Build the KFP pipeline for a config, compile it, and run it locally.
+
+The graph: prepare -> teachers (one task per teacher, in parallel) -> evaluate each -> report.
+Later stages (students, adapters, probe + slices) add their own loops; a section that is empty in
+the config is left out of the graph. Every task gets its resources from ``config.resources``; the
+local runner ignores them, the compiled YAML carries them to the cluster.
+"""
+
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rightsizer.config import RunConfig
+from rightsizer.errors import UserError
+
+TRAINING_STAGES = ("teachers", "students", "adapters", "probe")
+
+
+@dataclass
+class Components:
+    prepare: object
+    teacher: object
+    evaluate: object
+    report: object
+
+
+def load_components(image: str) -> "Components":
+    """The project's components, re-wrapped with ``image`` as their base image."""
+    from kfp import dsl
+
+    from rightsizer_components import evaluate, prepare, report, teacher
+
+    def wrap(component):
+        return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
+
+    return Components(prepare=wrap(prepare.prepare), teacher=wrap(teacher.teacher), evaluate=wrap(evaluate.evaluate),
+                      report=wrap(report.report))
+
+
+def image_for(config: RunConfig) -> str:
+    from rightsizer_components import DEFAULT_IMAGE
+
+    return config.image or os.environ.get("RIGHTSIZER_IMAGE") or DEFAULT_IMAGE
+
+
+def apply_resources(task, config: RunConfig, stage: str):
+    """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm."""
+    spec = config.resources.for_stage(stage)
+    if spec.cpu:
+        task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu)
+    if spec.memory:
+        task.set_memory_request(spec.memory).set_memory_limit(spec.memory)
+    gpus = spec.gpus if isinstance(spec.gpus, int) else 1
+    if gpus and gpus > 0:
+        task.set_accelerator_type(spec.gpu_type or "nvidia.com/gpu").set_accelerator_limit(gpus)
+    if stage in TRAINING_STAGES or stage == "evaluate":
+        from kfp import kubernetes
+
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    if spec.node_selector:
+        from kfp import kubernetes
+
+        for key, value in spec.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if spec.tolerations:
+        from kfp import kubernetes
+
+        for toleration in spec.tolerations:
+            kubernetes.add_toleration(task, **toleration)
+    return task
+
+
+def build_pipeline(config: RunConfig):
+    """A KFP pipeline function for ``config`` (its graph follows the config's sections)."""
+    from kfp import dsl
+
+    parts = load_components(image_for(config))
+    config_json = config.to_json()
+    teacher_names = [t.name for t in config.teachers]
+
+    @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")
+    def rightsize(config_json: str = config_json):
+        prep = apply_resources(parts.prepare(config_json=config_json), config, "prepare").set_display_name("prepare")
+        data = prep.outputs["data"]
+        report_inputs = {}
+        if teacher_names:
+            with dsl.ParallelFor(teacher_names, name="teachers") as teacher_name:
+                teach = parts.teacher(config_json=config_json, name=teacher_name, data=data)
+                apply_resources(teach, config, "teachers").set_display_name("teacher")
+                scored = parts.evaluate(config_json=config_json, name=teacher_name, kind="teacher", data=data,
+                                        candidate=teach.outputs["model"])
+                apply_resources(scored, config, "evaluate").set_display_name("evaluate-teacher")
+            report_inputs["teacher_metrics"] = dsl.Collected(scored.outputs["metrics"])
+        final = parts.report(config_json=config_json, data=data, **report_inputs)
+        apply_resources(final, config, "report").set_display_name("report")
+
+    return rightsize
+
+
+def compile_pipeline(config: RunConfig, output: str | Path) -> Path:
+    from kfp import compiler
+
+    output = Path(output)
+    if output.suffix not in (".yaml", ".yml", ".json"):
+        raise UserError(f"compile output '{output}' must end in .yaml or .json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
+    compiler.Compiler().compile(build_pipeline(config), str(tmp))
+    os.replace(tmp, output)
+    return output
+
+
+@contextmanager
+def _error_file():
+    handle, path = tempfile.mkstemp(prefix="rightsizer-error-", suffix=".txt")
+    os.close(handle)
+    previous = os.environ.get("RIGHTSIZER_ERROR_FILE")
+    os.environ["RIGHTSIZER_ERROR_FILE"] = path
+    try:
+        yield Path(path)
+    finally:
+        if previous is None:
+            os.environ.pop("RIGHTSIZER_ERROR_FILE", None)
+        else:
+            os.environ["RIGHTSIZER_ERROR_FILE"] = previous
+        Path(path).unlink(missing_ok=True)
+
+
+def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
+    """Run the pipeline with ``kfp.local.SubprocessRunner`` in this environment; return the run's dir."""
+    from kfp import local
+
+    pipeline_root = Path(pipeline_root)
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    pipeline = build_pipeline(config)
+    with _error_file() as errors:
+        try:
+            pipeline()
+        except Exception as exc:  # the local runner raises RuntimeError naming the failed task
+            message = errors.read_text().strip().splitlines() if errors.exists() else []
+            if message:
+                raise UserError(message[0]) from None
+            raise RuntimeError(f"pipeline failed: {exc}") from exc
+    runs = sorted((p for p in pipeline_root.iterdir() if p.is_dir() and p.name.startswith(f"{config.name}-")),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise RuntimeError(f"the local run left nothing under {pipeline_root}")
+    return runs[-1]
+
+
+def find_report(run_dir: Path) -> Path:
+    found = sorted(run_dir.rglob("leaderboard.json"))
+    if not found:
+        raise RuntimeError(f"no leaderboard.json under {run_dir}")
+    return found[-1].parent
+
+
+def collect_outputs(run_dir: Path, output: Path) -> None:
+    """Copy the report and every stage's outputs (models, metrics, tb) into ``output``."""
+    report_dir = find_report(run_dir)
+    for item in report_dir.iterdir():
+        target = output / item.name
+        shutil.copytree(item, target) if item.is_dir() else shutil.copy2(item, target)
+    stages = output / "stages"
+    for summary in run_dir.rglob("summary.json"):
+        stage_dir = summary.parent
+        if stage_dir == report_dir:
+            continue
+        relative = stage_dir.relative_to(run_dir)
+        shutil.copytree(stage_dir, stages / relative, dirs_exist_ok=True)

@@ -1,0 +1,12 @@
+"""Pipeline stages as plain functions ``run(config, inputs..., output_dir) -> summary``.
+
+``STAGES`` maps a stage name to its module and the ``--in`` inputs ``rightsizer stage NAME`` takes,
+in order (a leading ``*`` means "all remaining inputs, as a list").
+"""
+
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "prepare": ("rightsizer.stages.prepare", ()),
+    "teacher": ("rightsizer.stages.teacher", ("data_dir",)),
+    "evaluate": ("rightsizer.stages.evaluate", ("data_dir", "candidate_dir")),
+    "report": ("rightsizer.stages.report", ("data_dir", "*metrics_dirs")),
+}

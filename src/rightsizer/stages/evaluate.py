@@ -1,0 +1,113 @@
+"""Stage: evaluation. One candidate on the held-out test split: quality, latency, size.
+
+Quality: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (sklearn).
+Latency: end-to-end (tokenize + forward) per request of ``latency_batch_size`` examples, timed
+after warm-up; p50/p95 in ms per sample. Throughput: test examples per second in large batches.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rightsizer.config import RunConfig
+from rightsizer.data import load_prepared
+from rightsizer.errors import UserError
+from rightsizer.inference import encode_texts, predict_logits
+from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
+from rightsizer.outputs import read_json, stage_output, write_json
+
+
+def quality_metrics(predictions: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    indices = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=indices, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(label_names)
+        },
+        "labels": list(label_names),
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=indices).tolist(),
+    }
+
+
+def measure_latency(model, tokenizer, split, max_length: int, batch_size: int, samples: int, warmup: int, seed: int) -> dict:
+    """Per-request latency over ``samples`` random requests of ``batch_size`` examples."""
+    import torch
+
+    texts = list(split["text"])
+    pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
+    rng = random.Random(seed)
+    requests = [[rng.randrange(len(texts)) for _ in range(batch_size)] for _ in range(warmup + samples)]
+    device = next(model.parameters()).device
+    timings = []
+    with torch.inference_mode():
+        for number, request in enumerate(requests):
+            started = time.perf_counter()
+            batch = encode_texts(tokenizer, [texts[i] for i in request], [pairs[i] for i in request] if pairs else None, max_length)
+            batch = tokenizer.pad(batch, return_tensors="pt")
+            model(**{k: v.to(device) for k, v in batch.items()})
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if number >= warmup:
+                timings.append((time.perf_counter() - started) * 1000 / batch_size)
+    return {
+        "latency_ms": round(float(np.percentile(timings, 50)), 4),
+        "latency_p95_ms": round(float(np.percentile(timings, 95)), 4),
+        "latency_batch_size": batch_size,
+        "latency_requests": samples,
+    }
+
+
+def evaluate_model(model, tokenizer, split, label_names: list[str], config: RunConfig) -> dict:
+    logits, seconds, _ = predict_logits(model, tokenizer, split, config.data.max_length, config.evaluation.batch_size)
+    labels = np.asarray(split["label"])
+    metrics = quality_metrics(logits.argmax(-1), labels, label_names)
+    metrics["throughput_per_s"] = round(len(labels) / seconds, 2) if seconds > 0 else 0.0
+    ev = config.evaluation
+    metrics.update(measure_latency(model, tokenizer, split, config.data.max_length, ev.latency_batch_size,
+                                   ev.latency_samples, ev.warmup_batches, config.seed))
+    return metrics
+
+
+def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, output_dir: str | Path,
+        name: str | None = None, kind: str | None = None) -> dict:
+    import torch
+
+    candidate_dir = Path(candidate_dir)
+    model_dir = candidate_dir / "model"
+    if not model_dir.is_dir():
+        raise UserError(f"'{candidate_dir}' has no model/ directory; give a stage output (teacher, student, adapter, slice)")
+    trained = read_json(candidate_dir / "summary.json") if (candidate_dir / "summary.json").exists() else {}
+    name = name or trained.get("name") or candidate_dir.name
+    kind = kind or trained.get("kind") or "teacher"
+    dataset, card = load_prepared(data_dir)
+    if config.evaluation.threads:
+        torch.set_num_threads(config.evaluation.threads)
+    with stage_output(output_dir, "evaluate", config, name=name) as out:
+        model, tokenizer = load_saved(model_dir)
+        metrics = evaluate_model(model, tokenizer, dataset["test"], card["label_names"], config)
+        params, _ = count_parameters(model)
+        metrics.update({
+            "name": name, "kind": kind, "params": params,
+            "trainable_params": trained.get("trainable_params", params),
+            "size_mb": size_on_disk_mb(model_dir),
+            "train_time_s": trained.get("train_time_s"),
+            "samples_per_s": trained.get("samples_per_s"),
+            "test_rows": len(dataset["test"]),
+        })
+        for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers"):
+            if key in trained:
+                metrics[key] = trained[key]
+        write_json(out.work / "metrics.json", metrics)
+        out.summary.update({"kind": kind, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                            "latency_ms": metrics["latency_ms"]})
+    return metrics

@@ -1,0 +1,17 @@
+"""Stage: data prep. Load the source, map columns, drop bad rows, split, save + card.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rightsizer.config import RunConfig
+from rightsizer.data import prepare_dataset, save_prepared
+from rightsizer.outputs import stage_output
+
+
+def run(config: RunConfig, output_dir: str | Path) -> dict:
+    with stage_output(output_dir, "prepare", config, name="data") as out:
+        dataset, card = prepare_dataset(config.data, config.seed)
+        save_prepared(dataset, card, out.work)
+        out.summary.update({"rows": card["rows"], "label_names": card["label_names"], "dropped_rows": card["dropped_rows"]})
+    return out.summary

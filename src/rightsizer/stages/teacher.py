@@ -1,0 +1,33 @@
+"""Stage: teacher training. Full fine-tune of one configured teacher (encoder or decoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rightsizer.config import RunConfig
+from rightsizer.data import load_prepared
+from rightsizer.launch import deepspeed_config
+from rightsizer.models import count_parameters, load_classifier
+from rightsizer.outputs import stage_output, write_json
+from rightsizer.train import fine_tune, training_texts
+
+
+def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None, **fine_tune_kwargs) -> dict:
+    teacher = config.teacher(name) if name else config.teachers[0]
+    dataset, card = load_prepared(data_dir)
+    with stage_output(output_dir, "teacher", config, name=teacher.name) as out:
+        model, tokenizer = load_classifier(teacher.model, card["label_names"], training_texts(dataset), config.seed)
+        params, trainable = count_parameters(model)
+        result = fine_tune(
+            model, tokenizer, dataset, teacher, seed=config.seed, work_dir=out.work,
+            max_length=config.data.max_length, deepspeed=deepspeed_config(config.deepspeed), **fine_tune_kwargs,
+        )
+        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
+        write_json(out.work / "metrics.json", metrics)
+        out.summary.update({
+            "kind": "teacher", "model": teacher.model, "params": params, "trainable_params": trainable,
+            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
+            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
+            "validation": result.eval_metrics,
+        })
+    return out.summary
