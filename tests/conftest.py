@@ -18,8 +18,8 @@ def tiny_raw(**overrides) -> dict:
     raw = {
         "name": "test",
         "seed": 7,
-        "data": {"source": "builtin:demo", "max_length": 64, "max_train_samples": 300, "max_eval_samples": 90},
-        "teachers": [{"name": "teacher", "model": "tiny-bert-2l", "max_steps": 20, "learning_rate": 1e-3,
+        "data": {"source": "builtin:demo", "max_length": 64, "max_train_samples": 600, "max_eval_samples": 90},
+        "teachers": [{"name": "teacher", "model": "tiny-bert-2l", "max_steps": 120, "learning_rate": 2e-3,
                       "batch_size": 16, "logging_steps": 5}],
         "evaluation": {"latency_samples": 8, "warmup_batches": 1},
     }
@@ -40,7 +40,7 @@ def tiny_config():
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    """A prepared builtin:demo directory (300 train / 90 validation / 90 test rows)."""
+    """A prepared builtin:demo directory (600 train / 90 validation / 90 test rows)."""
     from rightsizer.config import config_from_dict
     from rightsizer.stages import prepare
 
@@ -51,7 +51,7 @@ def demo_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_teacher(tmp_path_factory, demo_data) -> Path:
-    """A tiny teacher stage output trained on ``demo_data`` (20 steps)."""
+    """A tiny teacher stage output trained on ``demo_data`` (120 steps)."""
     from rightsizer.config import config_from_dict
     from rightsizer.stages import teacher
 

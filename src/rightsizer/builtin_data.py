@@ -56,12 +56,12 @@ def _opinion(rng: random.Random, polarity: int, product: str) -> str:
     intensity = rng.choice(INTENSIFIERS)
     if polarity == 0:
         choice = rng.random()
-        if choice < 0.5:
+        if choice < 0.6:
             return f"the {aspect} is {rng.choice(NEUTRAL)}"
         if choice < 0.75:
             return f"the {aspect} is neither {rng.choice(POSITIVE)} nor {rng.choice(NEGATIVE)}"
         return f"nothing special about the {aspect} of this {product}"
-    negate = rng.random() < 0.3
+    negate = rng.random() < 0.25
     words = NEGATIVE if (polarity > 0) == negate else POSITIVE
     adjective = rng.choice(words)
     if negate:
@@ -81,14 +81,14 @@ def demo_rows(n: int = 4000, noise: float = 0.05) -> list[dict]:
         product = rng.choice(PRODUCTS)
         sentences = [_fill(rng, rng.choice(FILLER)) for _ in range(rng.choice([0, 0, 1, 1, 2, 3]))]
         if label == 1:
-            if rng.random() < 0.4:  # mixed review: one good thing, one bad thing
+            if rng.random() < 0.25:  # mixed review: one good thing, one bad thing
                 opinions = [_opinion(rng, 1, product), _opinion(rng, -1, product)]
             else:
                 opinions = [_opinion(rng, 0, product) for _ in range(rng.randint(1, 2))]
         else:
             polarity = 1 if label == 2 else -1
             opinions = [_opinion(rng, polarity, product) for _ in range(rng.randint(1, 2))]
-            if rng.random() < 0.35:  # a minor complaint/praise the other way, outweighed
+            if rng.random() < 0.15:  # a minor complaint/praise the other way, outweighed
                 opinions.append(_opinion(rng, -polarity, product))
                 opinions.append(_opinion(rng, polarity, product))
             if rng.random() < 0.3:

@@ -156,6 +156,9 @@ def fine_tune(
         callbacks=[TensorBoardCallback(tb_writer=writer), *(callbacks or [])],
         **(trainer_kwargs or {}),
     )
+    # Classification heads average their loss themselves and ignore `num_items_in_batch`; without this
+    # the Trainer skips dividing by the accumulation steps and gradients grow with accumulation.
+    trainer.model_accepts_loss_kwargs = False
     resume = last_checkpoint(checkpoint_dir)
     started = time.perf_counter()
     try:

@@ -1,0 +1,157 @@
+"""Data prep: every source, column mapping, cleaning, stratified deterministic splits, bad data."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from rightsizer.config import DataConfig
+from rightsizer.data import prepare_dataset, tokenize
+from rightsizer.errors import UserError
+
+
+def frame(n: int = 60, classes=("a", "b", "c")) -> pd.DataFrame:
+    return pd.DataFrame({"review": [f"text number {i} about {classes[i % len(classes)]}" for i in range(n)],
+                         "sentiment": [classes[i % len(classes)] for i in range(n)]})
+
+
+def cfg(source, **kwargs) -> DataConfig:
+    return DataConfig(source=str(source), **kwargs)
+
+
+def test_builtin_demo_is_deterministic_and_balanced():
+    first, card = prepare_dataset(cfg("builtin:demo"), seed=1)
+    second, _ = prepare_dataset(cfg("builtin:demo"), seed=1)
+    assert card["label_names"] == ["negative", "neutral", "positive"]
+    assert card["rows"] == {"train": 2800, "validation": 400, "test": 800}
+    assert first["test"]["text"] == second["test"]["text"]
+    for split, counts in card["class_balance"].items():
+        assert max(counts.values()) - min(counts.values()) <= 0.02 * sum(counts.values()), (split, counts)
+    other, _ = prepare_dataset(cfg("builtin:demo"), seed=2)
+    assert other["test"]["text"] != first["test"]["text"]
+    lengths = [len(t.split()) for t in first["train"]["text"]]
+    assert min(lengths) < 10 < 40 < max(lengths)  # varied lengths
+    assert any(" not " in t for t in first["train"]["text"])  # negation present
+
+
+def test_builtin_pairs_have_two_texts():
+    dataset, card = prepare_dataset(cfg("builtin:demo-pairs"), seed=1)
+    assert card["pair_task"] and card["label_names"] == ["not_duplicate", "duplicate"]
+    assert set(dataset["train"].column_names) == {"id", "text", "text_pair", "label"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet"])
+def test_local_files(tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    data = frame()
+    {".csv": lambda: data.to_csv(path, index=False), ".json": lambda: data.to_json(path, orient="records"),
+     ".jsonl": lambda: data.to_json(path, orient="records", lines=True), ".parquet": lambda: data.to_parquet(path)}[suffix]()
+    dataset, card = prepare_dataset(cfg(path, text_column="review", label_column="sentiment"), seed=0)
+    assert card["label_names"] == ["a", "b", "c"]
+    assert sum(card["rows"].values()) == 60
+    assert dataset["train"].features["label"].names == ["a", "b", "c"]
+
+
+def test_directory_with_given_splits_is_used_as_is(tmp_path):
+    frame(60).to_csv(tmp_path / "train.csv", index=False)
+    frame(30).to_csv(tmp_path / "validation.csv", index=False)
+    frame(21).to_csv(tmp_path / "test.csv", index=False)
+    _, card = prepare_dataset(cfg(tmp_path, text_column="review", label_column="sentiment"), seed=0)
+    assert card["rows"] == {"train": 60, "validation": 30, "test": 21}
+    assert card["splits_from_source"] == ["test", "train", "validation"]
+
+
+def test_integer_labels_and_bad_rows_dropped(tmp_path):
+    data = pd.DataFrame({"text": ["good", "bad", "", None, "fine", "ok"] * 10, "label": [1, 0, 1, 0, None, 2] * 10})
+    path = tmp_path / "d.csv"
+    data.to_csv(path, index=False)
+    _, card = prepare_dataset(cfg(path), seed=0)
+    assert card["label_names"] == ["0", "1", "2"]
+    assert card["dropped_rows"] == {"empty_text": 20, "missing_label": 10}
+    assert sum(card["rows"].values()) == 30
+
+
+def test_split_is_stratified_and_seeded(tmp_path):
+    data = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "label": ["x"] * 150 + ["y"] * 50})
+    path = tmp_path / "d.csv"
+    data.to_csv(path, index=False)
+    dataset, card = prepare_dataset(cfg(path), seed=3)
+    assert card["class_balance"]["test"] == {"x": 30, "y": 10}
+    assert card["class_balance"]["validation"] == {"x": 15, "y": 5}
+    again, _ = prepare_dataset(cfg(path), seed=3)
+    assert dataset["validation"]["text"] == again["validation"]["text"]
+
+
+def test_subsampling_is_stratified():
+    _, card = prepare_dataset(cfg("builtin:demo", max_train_samples=300, max_eval_samples=90), seed=0)
+    assert card["rows"] == {"train": 300, "validation": 90, "test": 90}
+    assert sorted(card["class_balance"]["train"].values()) == [100, 100, 100]
+
+
+def test_tokenize_keeps_labels_and_adds_length():
+    dataset, _ = prepare_dataset(cfg("builtin:demo", max_train_samples=30, max_eval_samples=9), seed=0)
+    from rightsizer.models import train_tokenizer
+
+    tokenizer = train_tokenizer("wordpiece", dataset["train"]["text"], 500)
+    encoded = tokenize(dataset, tokenizer, 16, pair=False)
+    assert set(encoded["train"].column_names) >= {"input_ids", "attention_mask", "label", "length", "id"}
+    assert max(encoded["train"]["length"]) <= 16
+
+
+@pytest.mark.parametrize("make, kwargs, message", [
+    (lambda p: None, {}, "not found"),
+    (lambda p: p.write_text("a,b\n1,2\n"), {"_name": "d.xlsx"}, "unsupported file type '.xlsx'"),
+    (lambda p: frame().to_csv(p, index=False), {"text_column": "body", "label_column": "sentiment"},
+     "column 'body' (data.text_column) not found in the all data; columns: review, sentiment"),
+    (lambda p: frame().to_csv(p, index=False), {"text_column": "review"}, "column 'label' (data.label_column) not found"),
+    (lambda p: frame(classes=("only",)).to_csv(p, index=False), {"text_column": "review", "label_column": "sentiment"},
+     "only one class"),
+    (lambda p: pd.DataFrame({"text": ["", " "] * 5, "label": [1, 2] * 5}).to_csv(p, index=False), {}, "no usable rows"),
+    (lambda p: pd.DataFrame({"text": [f"t{i}" for i in range(41)], "label": ["x"] * 40 + ["y"]}).to_csv(p, index=False), {},
+     "stratified"),
+    (lambda p: p.write_text(""), {}, "is empty"),
+])
+def test_bad_data(tmp_path, make, kwargs, message):
+    name = kwargs.pop("_name", "d.csv")
+    path = tmp_path / name
+    make(path)
+    with pytest.raises(UserError) as info:
+        prepare_dataset(cfg(path, **kwargs), seed=0)
+    assert message in str(info.value)
+
+
+def test_source_schemes():
+    with pytest.raises(UserError, match="unknown built-in data set 'dem'.*did you mean 'demo'"):
+        prepare_dataset(cfg("builtin:dem"), seed=0)
+    with pytest.raises(UserError, match="unsupported scheme"):
+        prepare_dataset(cfg("ftp://host/file.csv"), seed=0)
+
+
+def test_hf_offline_gives_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError) as info:
+        prepare_dataset(cfg("hf:surely_not_a_cached_dataset_xyz"), seed=0)
+    assert "surely_not_a_cached_dataset_xyz" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_hf_loader_reads_a_local_dataset_script_dir(tmp_path):
+    """The real datasets.load_dataset path, on a local directory of files (no hub)."""
+    folder = tmp_path / "my_set"
+    folder.mkdir()
+    frame(60).to_csv(folder / "train.csv", index=False)
+    frame(30).to_csv(folder / "test.csv", index=False)
+    _, card = prepare_dataset(cfg(f"hf:{folder}", text_column="review", label_column="sentiment"), seed=0)
+    assert card["rows"]["test"] == 30 and card["splits_from_source"] == ["test", "train"]
+
+
+def test_prepare_stage_writes_card(tmp_path, tiny_config):
+    from rightsizer.stages import prepare
+
+    prepare.run(tiny_config(), tmp_path / "data")
+    card = json.loads((tmp_path / "data" / "card.json").read_text())
+    assert card["rows"]["train"] == 600
+    assert (tmp_path / "data" / "summary.json").exists()
+    assert not (tmp_path / ".data.partial").exists()

@@ -1,0 +1,115 @@
+"""Teacher fine-tune: it learns, it saves a model that reloads and predicts the same, it resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from rightsizer.data import load_prepared
+from rightsizer.errors import UserError
+from rightsizer.inference import predict_logits
+from rightsizer.models import load_classifier, load_saved
+from rightsizer.stages import teacher
+
+
+def test_teacher_learns_and_reloads(trained_teacher, demo_data, tiny_config):
+    summary = json.loads((trained_teacher / "summary.json").read_text())
+    metrics = json.loads((trained_teacher / "metrics.json").read_text())
+    losses = metrics["losses"]
+    assert losses[-1] < losses[0]  # loss falls
+    assert summary["validation"]["accuracy"] > 0.45  # chance is 1/3
+    assert summary["params"] > 100_000 and summary["samples_per_s"] > 0
+    assert summary["rightsizer_version"] and summary["config"]["teachers"][0]["model"] == "tiny-bert-2l"
+    assert list((trained_teacher / "tb").glob("events.out.tfevents.*"))
+    assert not (trained_teacher / "checkpoints").exists()
+    dataset, _ = load_prepared(demo_data)
+    model, tokenizer = load_saved(trained_teacher / "model")
+    first, _, _ = predict_logits(model, tokenizer, dataset["validation"], 64)
+    again, tokenizer2 = load_saved(trained_teacher / "model")
+    second, _, _ = predict_logits(again, tokenizer2, dataset["validation"], 64)
+    np.testing.assert_allclose(first, second, atol=1e-5)
+    accuracy = float((first.argmax(-1) == np.asarray(dataset["validation"]["label"])).mean())
+    assert accuracy == pytest.approx(summary["validation"]["accuracy"], abs=1e-6)
+
+
+class KillAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, demo_data, tiny_config):
+    config = tiny_config(["teachers.0.max_steps=12", "teachers.0.logging_steps=1"])
+    whole = teacher.run(config, demo_data, tmp_path / "whole", checkpoint_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        teacher.run(config, demo_data, tmp_path / "resumed", checkpoint_steps=4, callbacks=[KillAt(6)])
+    assert not (tmp_path / "resumed").exists()  # nothing half-written in place
+    assert list((tmp_path / ".resumed.partial" / "checkpoints").glob("checkpoint-4"))
+    resumed = teacher.run(config, demo_data, tmp_path / "resumed", checkpoint_steps=4)
+    assert resumed["resumed_from"].endswith("checkpoint-4")
+    losses_whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["losses"]
+    losses_resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["losses"]
+    # per-step losses: the first 4 come from the restored checkpoint state, the rest were recomputed;
+    # CPU kernels are not bit-deterministic, so equal means equal up to float noise
+    assert len(losses_resumed) == len(losses_whole) == 12
+    np.testing.assert_allclose(losses_resumed, losses_whole, rtol=2e-3)
+    a, _ = load_saved(tmp_path / "whole" / "model")
+    b, _ = load_saved(tmp_path / "resumed" / "model")
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(p, q, rtol=1e-2, atol=2e-2, msg=name)
+
+
+def test_pinned_losses_and_gradient_accumulation(tmp_path, demo_data, tiny_config):
+    """Same seed -> same losses; batch 16 == batch 8 x 2 accumulation (within float noise)."""
+    config = tiny_config(["teachers.0.max_steps=6", "teachers.0.logging_steps=1"])
+    first = teacher.run(config, demo_data, tmp_path / "a")
+    again = teacher.run(config, demo_data, tmp_path / "b")
+    losses_a = json.loads((tmp_path / "a" / "metrics.json").read_text())["losses"]
+    losses_b = json.loads((tmp_path / "b" / "metrics.json").read_text())["losses"]
+    assert losses_a == pytest.approx(losses_b, rel=1e-3)  # CPU kernels: float noise only
+    # the first loss of a fresh 3-class head is close to ln(3)
+    assert losses_a[0] == pytest.approx(np.log(3), abs=0.15)
+    accumulated = tiny_config(["teachers.0.max_steps=6", "teachers.0.logging_steps=1", "teachers.0.batch_size=8",
+                               "teachers.0.gradient_accumulation_steps=2"])
+    teacher.run(accumulated, demo_data, tmp_path / "c")
+    losses_c = json.loads((tmp_path / "c" / "metrics.json").read_text())["losses"]
+    assert losses_c[0] == pytest.approx(losses_a[0], abs=0.05)
+    assert losses_c[-1] == pytest.approx(losses_a[-1], abs=0.1)
+    assert first["steps"] == 6
+
+
+def test_local_model_directory_and_errors(tmp_path, trained_teacher):
+    model, tokenizer = load_classifier(str(trained_teacher / "model"), ["negative", "neutral", "positive"])
+    assert model.config.num_labels == 3 and tokenizer.pad_token is not None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="has no weights"):
+        load_classifier(str(empty), ["a", "b"])
+    with pytest.raises(UserError, match=r"not a preset \(did you mean 'tiny-bert-.l'\?\) \(presets: "):
+        load_classifier("tiny-bert-3l", ["a", "b"])
+    with pytest.raises(UserError, match="not found"):
+        load_classifier(str(tmp_path / "nowhere"), ["a", "b"])
+
+
+def test_hub_id_offline_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as info:
+        load_classifier("someorg/surely-not-cached-model", ["a", "b"])
+    assert "Hugging Face Hub" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_output_is_atomic_on_user_error(tmp_path, demo_data, tiny_config):
+    config = tiny_config(["teachers.0.model=tiny-bert-9l"])
+    with pytest.raises(UserError, match="presets"):
+        teacher.run(config, demo_data, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
