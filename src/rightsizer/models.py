@@ -61,6 +61,60 @@ register_preset(Preset("tiny-bert-2l", "BERT, 2 layers, hidden 128 (~0.9M params
 register_preset(Preset("tiny-bert-4l", "BERT, 4 layers, hidden 128 (~1.3M params)", "wordpiece", _tiny_bert(4)))
 
 
+def _decoder_ids(tokenizer) -> dict:
+    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id}
+
+
+def _tiny_llama(layers: int) -> Callable:
+    def build(vocab_size: int, tokenizer):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=128, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=4, intermediate_size=352, max_position_embeddings=512,
+            tie_word_embeddings=True, **_decoder_ids(tokenizer),
+        )
+
+    return build
+
+
+def _tiny_gpt2(layers: int) -> Callable:
+    def build(vocab_size: int, tokenizer):
+        from transformers import GPT2Config
+
+        return GPT2Config(
+            vocab_size=vocab_size, n_embd=128, n_layer=layers, n_head=4, n_inner=512, n_positions=512,
+            **_decoder_ids(tokenizer),
+        )
+
+    return build
+
+
+def _tiny_opt(layers: int) -> Callable:
+    def build(vocab_size: int, tokenizer):
+        from transformers import OPTConfig
+
+        return OPTConfig(
+            vocab_size=vocab_size, hidden_size=128, word_embed_proj_dim=128, num_hidden_layers=layers,
+            num_attention_heads=4, ffn_dim=512, max_position_embeddings=512, **_decoder_ids(tokenizer),
+        )
+
+    return build
+
+
+# Decoders: byte-level BPE tokenizer with a real <pad> token; config.pad_token_id is set so the
+# sequence-classification head pools the last non-pad token. Llama (rotary) and OPT (positions
+# from the attention mask) give the same prediction under left or right padding; GPT-2's absolute
+# positions assume right padding, the tokenizer default that training and inference use.
+register_preset(Preset("tiny-llama-2l", "Llama, 2 layers, hidden 128 (decoder, ~0.9M params)", "bpe",
+                       _tiny_llama(2), decoder=True))
+register_preset(Preset("tiny-gpt2-2l", "GPT-2, 2 layers, hidden 128 (decoder, ~1.0M params)", "bpe",
+                       _tiny_gpt2(2), decoder=True))
+register_preset(Preset("tiny-opt-2l", "OPT, 2 layers, hidden 128 (decoder, ~1.0M params)", "bpe",
+                       _tiny_opt(2), decoder=True))
+
+
 # ---------------------------------------------------------------------------------------------
 # tokenizers trained locally
 
