@@ -201,13 +201,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except SystemExit as exc:  # typer/click exit codes
         return int(exc.code or 0)
-    except Exception as exc:  # click usage errors are user errors too
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            print(f"error: {exc.format_message()}", file=sys.stderr)
+    except Exception as exc:  # click usage errors (typer may vendor its own click) are user errors too
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            message = " ".join(str(exc.format_message()).split())
+            print(f"error: {message}", file=sys.stderr)
             return 2
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             print("error: aborted", file=sys.stderr)
             return 130
         raise

@@ -1,0 +1,64 @@
+"""Evaluation metrics against sklearn on a known confusion, latency fields, the leaderboard schema."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rightsizer.stages import evaluate, report
+from rightsizer.stages.evaluate import quality_metrics
+
+
+def test_quality_metrics_on_a_known_confusion():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    predictions = np.array([0, 0, 1, 2, 1, 1, 0, 2, 2, 2])
+    metrics = quality_metrics(predictions, labels, ["a", "b", "c"])
+    assert metrics["confusion_matrix"] == [[2, 1, 1], [1, 2, 0], [0, 0, 3]]
+    assert metrics["accuracy"] == pytest.approx(0.7)
+    # by hand: precision a=2/3 b=2/3 c=3/4; recall a=1/2 b=2/3 c=1
+    f1 = [2 * p * r / (p + r) for p, r in ((2 / 3, 1 / 2), (2 / 3, 2 / 3), (3 / 4, 1.0))]
+    assert metrics["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert metrics["per_class"]["a"] == pytest.approx({"precision": 2 / 3, "recall": 0.5, "f1": f1[0], "support": 4})
+
+
+def test_evaluate_stage_on_a_trained_teacher(tmp_path, demo_data, trained_teacher, tiny_config):
+    metrics = evaluate.run(tiny_config(), demo_data, trained_teacher, tmp_path / "eval")
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert metrics["name"] == "teacher" and metrics["kind"] == "teacher"
+    assert metrics["test_rows"] == 90 and np.sum(metrics["confusion_matrix"]) == 90
+    assert 0 < metrics["latency_ms"] <= metrics["latency_p95_ms"]
+    assert metrics["throughput_per_s"] > 0 and metrics["params"] > 100_000 and metrics["size_mb"] > 0.1
+    assert metrics["accuracy"] > 0.4  # chance is 1/3
+
+
+def test_report_leaderboard_schema_and_baseline(tmp_path, demo_data, trained_teacher, tiny_config):
+    config = tiny_config()
+    evaluate.run(config, demo_data, trained_teacher, tmp_path / "eval")
+    board = report.run(config, demo_data, [tmp_path / "eval"], tmp_path / "report")
+    on_disk = json.loads((tmp_path / "report" / "leaderboard.json").read_text())
+    assert on_disk["metric"] == "macro_f1" and on_disk["tolerance"] == 0.01
+    assert {"metric", "tolerance", "recommended", "candidates"} <= set(on_disk)
+    kinds = {c["name"]: c["kind"] for c in on_disk["candidates"]}
+    assert kinds == {"teacher": "teacher", "majority-baseline": "baseline"}
+    for candidate in on_disk["candidates"]:
+        assert set(report.LEADERBOARD_KEYS) <= set(candidate)
+    baseline = next(c for c in on_disk["candidates"] if c["kind"] == "baseline")
+    assert baseline["accuracy"] == pytest.approx(1 / 3, abs=0.01)
+    assert board["recommended"] == "teacher"
+    assert "| teacher" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_recommendation_picks_the_smallest_within_tolerance():
+    rows = [
+        {"name": "big", "kind": "teacher", "macro_f1": 0.90, "latency_ms": 10.0, "params": 100, "size_mb": 4.0},
+        {"name": "mid", "kind": "student", "macro_f1": 0.895, "latency_ms": 4.0, "params": 50, "size_mb": 2.0},
+        {"name": "small", "kind": "student", "macro_f1": 0.85, "latency_ms": 1.0, "params": 10, "size_mb": 1.0},
+        {"name": "majority-baseline", "kind": "baseline", "macro_f1": 0.3, "latency_ms": 0.0, "params": 0, "size_mb": 0.0},
+    ]
+    assert report.recommend(rows, "macro_f1", 0.01)[0] == "mid"
+    assert report.recommend(rows, "macro_f1", 0.0)[0] == "big"
+    assert report.recommend(rows, "macro_f1", 0.1)[0] == "small"
+    assert report.recommend(rows[-1:], "macro_f1", 0.1)[0] is None

@@ -1,0 +1,116 @@
+"""The local pipeline (kfp.local), the compiled YAML, the CLI's exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rightsizer.cli import main
+
+from conftest import REPO, tiny_raw
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump(tiny_raw(**sections)))
+    return path
+
+
+def test_local_pipeline_end_to_end(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml")
+    code = main(["run", str(config), "--output", str(tmp_path / "out"), "--set", "teachers.0.max_steps=30"])
+    assert code == 0
+    out = tmp_path / "out"
+    board = json.loads((out / "leaderboard.json").read_text())
+    names = {c["name"] for c in board["candidates"]}
+    assert names == {"teacher", "majority-baseline"}
+    assert board["recommended"] == "teacher"
+    assert (out / "report.md").exists()
+    assert list((out / "stages").rglob("model/model.safetensors"))
+    assert list((out / "stages").rglob("card.json"))
+    printed = capsys.readouterr().out
+    assert "time per stage" in printed and "teacher" in printed
+    assert not list(tmp_path.glob(".out.partial"))
+    # a previous run may be replaced without --overwrite
+    assert main(["run", str(config), "--output", str(out), "--set", "teachers.0.max_steps=2"]) == 0
+
+
+def test_compiled_yaml_has_resources_and_accelerator(tmp_path):
+    config = write_config(tmp_path / "c.yaml", resources={"default": {"cpu": "3", "memory": "6Gi"},
+                                                          "teachers": {"gpus": 2, "gpu_type": "nvidia.com/gpu"}})
+    assert main(["compile", str(config), "--output", str(tmp_path / "p.yaml")]) == 0
+    documents = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
+    executors = documents[0]["deploymentSpec"]["executors"]
+    teacher = next(spec for name, spec in executors.items() if name.startswith("exec-teacher"))
+    resources = teacher["container"]["resources"]
+    assert resources["accelerator"] == {"resourceType": "nvidia.com/gpu", "resourceCount": "2"} or \
+        resources["accelerator"].get("type") == "nvidia.com/gpu"
+    assert resources["cpuRequest"] == 3 and resources["memoryLimit"] == pytest.approx(6 * 1024 ** 3 / 1e9, rel=1e-3)
+    prepare = next(spec for name, spec in executors.items() if name.startswith("exec-prepare"))
+    assert "accelerator" not in prepare["container"]["resources"]
+    platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert any("emptyDirMounts" in spec and spec["emptyDirMounts"][0]["mountPath"] == "/dev/shm" for spec in platform.values())
+    assert teacher["container"]["image"].startswith("ghcr.io/") or teacher["container"]["image"]
+
+
+def test_components_import_only_stdlib_and_kfp_at_top_level():
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"kfp", "rightsizer_components"}
+    for path in sorted((REPO / "components").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                roots = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            assert set(roots) <= allowed, f"{path.name} imports {roots} at top level"
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda d: None, ["run", "{d}/missing.yaml"], "not found"),
+    (lambda d: (d / "c.yaml").write_text("data: [\n"), ["run", "{d}/c.yaml"], "not valid YAML"),
+    (lambda d: (d / "c.yaml").write_text("data: {source: builtin:demo}\nteacher: []\n"), ["run", "{d}/c.yaml"],
+     "unknown key 'teacher' (did you mean 'teachers'?)"),
+    (lambda d: (d / "c.yaml").write_text("data: {source: builtin:demo}\nseed: many\n"), ["run", "{d}/c.yaml"], "'seed'"),
+    (lambda d: (d / "c.yaml").write_text("seed: 1\n"), ["run", "{d}/c.yaml"], "'data' is required"),
+    (lambda d: write_config(d / "c.yaml"), ["run", "{d}/c.yaml", "--set", "teachers.0.epoch=1"], "did you mean 'epochs'"),
+    (lambda d: (write_config(d / "c.yaml"), (d / "out").mkdir(), (d / "out" / "precious.txt").write_text("x")),
+     ["run", "{d}/c.yaml", "--output", "{d}/out"], "not a previous rightsizer run"),
+    (lambda d: write_config(d / "c.yaml", data={"source": "{d}/nothing.csv"}), ["run", "{d}/c.yaml", "--output", "{d}/o"],
+     "nothing.csv' not found"),
+    (lambda d: write_config(d / "c.yaml"), ["run", "{d}/c.yaml", "--output", "{d}/o", "--set", "teachers.0.model=tiny-bert-7l"],
+     "presets: "),
+    (lambda d: write_config(d / "c.yaml"), ["stage", "teech", "--config", "{d}/c.yaml", "--out", "{d}/o"], "unknown stage"),
+    (lambda d: None, ["run"], "Missing"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, setup, args, message):
+    setup(tmp_path)
+    args = [a.replace("{d}", str(tmp_path)) for a in args]
+    if (tmp_path / "c.yaml").exists():
+        (tmp_path / "c.yaml").write_text((tmp_path / "c.yaml").read_text().replace("{d}", str(tmp_path)))
+    code, err = run_cli(args, capsys)
+    assert code == 2, err
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.partial"))
+    if (tmp_path / "out").exists():
+        assert (tmp_path / "out" / "precious.txt").exists()
+
+
+def test_stage_command_runs_prepare_by_hand(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml")
+    assert main(["stage", "prepare", "--config", str(config), "--out", str(tmp_path / "data")]) == 0
+    assert json.loads((tmp_path / "data" / "card.json").read_text())["rows"]["train"] == 600
