@@ -152,6 +152,8 @@ class ResourceSpec(Strict):
     processes: int | None = Field(None, ge=1, description="training processes per pod (default = gpus)")
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None
+    cache: bool | None = Field(None, description="KFP caching for the stage's tasks (default: off for training "
+                               "stages, whose tasks have side effects, on for the rest)")
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
@@ -197,14 +199,33 @@ class ResourcesConfig(Strict):
 class StorageConfig(Strict):
     endpoint: str | None = Field(None, description="http://host:port (no TLS), https://host or bare host (TLS)")
     bucket: str = Field("rightsizer", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    region: str | None = None
+    secure: bool | None = Field(None, description="TLS on/off; default: from the endpoint's scheme (bare host = TLS)")
+    region: str | None = Field(None, description="S3 region (default: $AWS_REGION; MinIO ignores it)")
     prefix: str = Field("runs", description="key prefix for run artifacts")
+    secret_name: str = Field("mlpipeline-minio-artifact", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                             description="k8s Secret (keys accesskey/secretkey) mounted as AWS_ACCESS_KEY_ID/"
+                             "AWS_SECRET_ACCESS_KEY in every task; the name only, never the values")
+    retries: int = Field(4, ge=0, le=20, description="retries on connection errors and 5xx answers")
+    backoff_s: float = Field(1.0, ge=0, le=60, description="first retry delay; doubles on each retry")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> "StorageConfig":
+        if self.endpoint is not None:
+            from rightsizer.storage import split_endpoint
+
+            try:
+                split_endpoint(self.endpoint, self.secure)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="before")
     @classmethod
     def _no_credentials(cls, data: Any) -> Any:
         if isinstance(data, dict):
             for key in data:
+                if key == "secret_name":  # the Secret's name, not a credential
+                    continue
                 if any(word in str(key).lower() for word in ("secret", "password", "access_key", "token", "credential")):
                     raise ValueError(
                         f"'{key}': credentials never go in the config; set AWS_ACCESS_KEY_ID and "
