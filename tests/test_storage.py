@@ -1,0 +1,246 @@
+"""Object storage against a real S3-protocol server (moto's ThreadedMotoServer on 127.0.0.1).
+
+Covers round trips of files and stage directories, ``data.source: s3://...``, and the faults the
+issue names: the server stopped mid-run (bounded retries, then one clear error and nothing half
+written), an object corrupted behind our back (checksum error), a missing bucket or object,
+refused and missing credentials, malformed URIs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+from rightsizer import storage
+from rightsizer.errors import UserError
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+class S3Server:
+    """A moto S3 server on an ephemeral loopback port."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.running = True
+
+    def stop(self):
+        if self.running:
+            self.running = False
+            self.server.stop()
+            self.server._server.server_close()  # refuse new connections instead of leaving them queued
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A fresh server with bucket 'data', env pointing at it, fast bounded retries."""
+    server = S3Server()
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        monkeypatch.setenv(storage.ENDPOINT_ENV, server.endpoint)
+        monkeypatch.setenv(storage.RETRIES_ENV, "2")
+        monkeypatch.setenv(storage.BACKOFF_ENV, "0.01")
+        store = storage.Store.from_env()
+        store.make_bucket("data")
+        server.store = store
+        yield server
+    finally:
+        server.stop()
+
+
+def _stage_dir(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "model").mkdir()
+    (root / "model" / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    (root / "tb").mkdir()
+    (root / "tb" / "events.out").write_bytes(b"\x00event")
+    (root / "metrics.json").write_text('{"macro_f1": 0.5}')
+    (root / "summary.json").write_text('{"stage": "teacher"}')
+    return root
+
+
+def test_parse_uri_accepts_s3_and_minio_and_rejects_malformed():
+    assert storage.parse_uri("s3://data/runs/x.csv") == storage.ObjectRef("data", "runs/x.csv")
+    assert storage.parse_uri("minio://mlpipeline/v2/artifacts/").prefix == "v2/artifacts/"
+    assert storage.join_uri("s3://data/runs/", "demo", "/teacher") == "s3://data/runs/demo/teacher"
+    for bad, message in [("s3://", "no bucket"), ("s3:///key", "no bucket"), ("s3://Bad_Bucket/k", "not a valid bucket"),
+                         ("http://data/k", "not an object-store URI"), ("s3://data/a//b", "must not contain")]:
+        with pytest.raises(UserError, match=message):
+            storage.parse_uri(bad)
+
+
+def test_endpoint_scheme_decides_tls():
+    assert storage.split_endpoint("http://minio-service.kubeflow:9000") == ("minio-service.kubeflow:9000", False)
+    assert storage.split_endpoint("https://s3.example.com") == ("s3.example.com", True)
+    assert storage.split_endpoint("minio:9000") == ("minio:9000", True)
+    assert storage.split_endpoint("minio:9000", secure=False) == ("minio:9000", False)
+    with pytest.raises(UserError, match="no path"):
+        storage.split_endpoint("http://minio:9000/bucket")
+
+
+def test_file_round_trip_stores_and_checks_sha256(s3, tmp_path):
+    source = tmp_path / "train.csv"
+    source.write_text("text,label\ngreat,pos\nawful,neg\n")
+    digest = s3.store.upload_file(source, "s3://data/sets/train.csv")
+    assert digest == hashlib.sha256(source.read_bytes()).hexdigest()
+    head = s3.store.client.stat_object("data", "sets/train.csv")
+    assert head.metadata["x-amz-meta-sha256"] == digest
+    copy = s3.store.download_file("s3://data/sets/train.csv", tmp_path / "out" / "train.csv")
+    assert copy.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["train.csv"]  # no temp files left behind
+
+
+def test_stage_directory_round_trip_uploads_summary_last(s3, tmp_path, monkeypatch):
+    stage = _stage_dir(tmp_path / "teacher")
+    order = []
+    upload = s3.store.upload_file
+    monkeypatch.setattr(s3.store, "upload_file", lambda path, uri: (order.append(Path(path).name), upload(path, uri))[1])
+    assert s3.store.upload_dir(stage, "s3://data/runs/demo/teacher") == 4
+    assert order[-1] == "summary.json"
+    back = s3.store.download_dir("s3://data/runs/demo/teacher", tmp_path / "back" / "teacher")
+    for file in stage.rglob("*"):
+        if file.is_file():
+            assert (back / file.relative_to(stage)).read_bytes() == file.read_bytes()
+    assert [p.name for p in back.parent.iterdir()] == ["teacher"]
+
+
+def test_publish_output_and_fetch_input_for_pods_outside_kfp(s3, tmp_path, monkeypatch):
+    stage = _stage_dir(tmp_path / "teacher")
+    monkeypatch.setenv("RANK", "1")
+    assert storage.publish_output(stage, "s3://data/runs/r1/teacher") == 0  # only rank 0 uploads
+    monkeypatch.setenv("RANK", "0")
+    assert storage.publish_output(stage, "s3://data/runs/r1/teacher") == 4
+    local = storage.fetch_input("s3://data/runs/r1/teacher", tmp_path / "cache")
+    assert (local / "model" / "weights.bin").read_bytes() == (stage / "model" / "weights.bin").read_bytes()
+    assert storage.fetch_input(str(stage), tmp_path / "cache") == stage
+
+
+def test_sync_dir_fetches_only_new_or_changed_objects(s3, tmp_path):
+    stage = _stage_dir(tmp_path / "teacher")
+    s3.store.upload_dir(stage, "s3://data/runs/r2/teacher")
+    cache = tmp_path / "cache"
+    assert s3.store.sync_dir("s3://data/runs/r2/teacher", cache) == 4
+    assert s3.store.sync_dir("s3://data/runs/r2/teacher", cache) == 0
+    (stage / "tb" / "events.out").write_bytes(b"\x00event\x01more")
+    s3.store.upload_file(stage / "tb" / "events.out", "s3://data/runs/r2/teacher/tb/events.out")
+    assert s3.store.sync_dir("s3://data/runs/r2/teacher", cache) == 1
+    assert (cache / "tb" / "events.out").read_bytes() == b"\x00event\x01more"
+
+
+def test_object_from_another_tool_is_checked_against_its_etag(s3, tmp_path):
+    body = b"id,text,label\n1,fine,pos\n"
+    s3.store.client.put_object("data", "plain.csv", io.BytesIO(body), len(body))  # no sha256 metadata
+    assert s3.store.download_file("s3://data/plain.csv", tmp_path / "plain.csv").read_bytes() == body
+
+
+def test_corrupted_object_is_a_checksum_error_and_leaves_nothing(s3, tmp_path):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"\x01" * 4096)
+    digest = s3.store.upload_file(source, "s3://data/m/weights.bin")
+    tampered = b"\x02" * 4096  # same size, same recorded sha256, different bytes
+    s3.store.client.put_object("data", "m/weights.bin", io.BytesIO(tampered), len(tampered), metadata={"sha256": digest})
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="checksum mismatch for s3://data/m/weights.bin"):
+        s3.store.download_file("s3://data/m/weights.bin", out / "weights.bin")
+    assert list(out.iterdir()) == []
+
+
+def test_missing_bucket_and_object_are_one_line_errors(s3, tmp_path):
+    with pytest.raises(UserError, match="bucket 'nowhere' does not exist"):
+        s3.store.download_file("s3://nowhere/x.csv", tmp_path / "x.csv")
+    with pytest.raises(UserError, match="bucket 'nowhere' does not exist"):
+        s3.store.download_dir("s3://nowhere/run", tmp_path / "run")
+    with pytest.raises(UserError, match="no such object"):
+        s3.store.download_file("s3://data/missing.csv", tmp_path / "x.csv")
+    with pytest.raises(UserError, match="no such object or prefix"):
+        storage.download_source("s3://data/missing/", tmp_path / "src")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_refused_and_missing_credentials(s3, tmp_path, monkeypatch):
+    import moto.settings
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto now checks keys: ours are unknown
+    with pytest.raises(UserError, match=r"refused the credentials \(InvalidAccessKeyId\)"):
+        s3.store.download_file("s3://data/any.csv", tmp_path / "any.csv")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(UserError, match="no object-store credentials: set AWS_SECRET_ACCESS_KEY"):
+        storage.Store.from_env()
+
+
+def test_transient_failures_are_retried_then_succeed(s3, tmp_path, monkeypatch):
+    import urllib3
+
+    source = tmp_path / "a.txt"
+    source.write_text("a")
+    real = s3.store.client.fput_object
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise urllib3.exceptions.ProtocolError("connection reset by peer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(s3.store.client, "fput_object", flaky)
+    s3.store.upload_file(source, "s3://data/a.txt")
+    assert len(calls) == 3  # retries=2: two failures, third attempt succeeds
+    assert s3.store.stat("s3://data/a.txt").size == 1
+
+
+def test_server_stopped_mid_run_gives_bounded_retries_then_clear_error(s3, tmp_path, monkeypatch):
+    stage = _stage_dir(tmp_path / "teacher")
+    s3.store.upload_dir(stage, "s3://data/runs/r3/teacher")
+    real = s3.store.client.get_object
+    calls = []
+
+    def stop_after_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            s3.stop()  # the server goes away between two files
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(s3.store.client, "get_object", stop_after_first)
+    target = tmp_path / "back" / "teacher"
+    with pytest.raises(UserError, match=r"unreachable or failing after 3 attempts .*Connection refused"):
+        s3.store.download_dir("s3://data/runs/r3/teacher", target)
+    assert len(calls) == 4  # the first file, then 1 + 2 retries on the second
+    assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written
+
+
+def test_data_source_from_s3_file_and_prefix(s3, tmp_path):
+    from rightsizer.config import DataConfig
+    from rightsizer.data import load_source
+
+    rows = "text,label\n" + "".join(f"review number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    (tmp_path / "reviews.csv").write_text(rows)
+    s3.store.upload_file(tmp_path / "reviews.csv", "s3://data/sets/reviews.csv")
+    loaded = load_source(DataConfig(source="s3://data/sets/reviews.csv"))
+    assert len(loaded.splits["all"]) == 40
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text(rows)
+        s3.store.upload_file(tmp_path / f"{split}.csv", f"s3://data/sets/split/{split}.csv")
+    loaded = load_source(DataConfig(source="minio://data/sets/split/"))
+    assert sorted(loaded.splits) == ["test", "train"]
+
+
+def test_cli_with_missing_s3_object_exits_2_with_one_line(s3, tmp_path, capsys):
+    from rightsizer.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: s3demo\ndata:\n  source: s3://data/nothing-here.csv\n")
+    out = tmp_path / "prepared"
+    assert main(["stage", "prepare", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "no such object or prefix" in err[0]
+    assert not out.exists()
