@@ -84,6 +84,13 @@ def test_split_is_stratified_and_seeded(tmp_path):
     assert dataset["validation"]["text"] == again["validation"]["text"]
 
 
+def test_given_split_missing_a_class_is_refused(tmp_path):
+    frame(60).to_csv(tmp_path / "train.csv", index=False)
+    frame(30, classes=("a", "b")).to_csv(tmp_path / "validation.csv", index=False)
+    with pytest.raises(UserError, match="the validation split has no rows of class 'c'"):
+        prepare_dataset(cfg(tmp_path, text_column="review", label_column="sentiment"), seed=0)
+
+
 def test_subsampling_is_stratified():
     _, card = prepare_dataset(cfg("builtin:demo", max_train_samples=300, max_eval_samples=90), seed=0)
     assert card["rows"] == {"train": 300, "validation": 90, "test": 90}
@@ -104,7 +111,7 @@ def test_tokenize_keeps_labels_and_adds_length():
     (lambda p: None, {}, "not found"),
     (lambda p: p.write_text("a,b\n1,2\n"), {"_name": "d.xlsx"}, "unsupported file type '.xlsx'"),
     (lambda p: frame().to_csv(p, index=False), {"text_column": "body", "label_column": "sentiment"},
-     "column 'body' (data.text_column) not found in the all data; columns: review, sentiment"),
+     "column 'body' (data.text_column) not found in the data; columns: review, sentiment"),
     (lambda p: frame().to_csv(p, index=False), {"text_column": "review"}, "column 'label' (data.label_column) not found"),
     (lambda p: frame(classes=("only",)).to_csv(p, index=False), {"text_column": "review", "label_column": "sentiment"},
      "only one class"),

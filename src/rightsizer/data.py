@@ -164,8 +164,9 @@ def _check_columns(frame: pd.DataFrame, wanted: dict[str, str | None], split: st
     columns = [str(c) for c in frame.columns]
     for key, column in wanted.items():
         if column is not None and column not in frame.columns:
+            where = "the data" if split == "all" else f"the {split} data"
             raise UserError(
-                f"column '{column}' (data.{key}) not found in the {split} data{did_you_mean(column, columns)}; "
+                f"column '{column}' (data.{key}) not found in {where}{did_you_mean(column, columns)}; "
                 f"columns: {', '.join(columns) or 'none'}"
             )
 
