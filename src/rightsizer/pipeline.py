@@ -48,8 +48,21 @@ def image_for(config: RunConfig) -> str:
 
 
 def apply_resources(task, config: RunConfig, stage: str):
-    """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm."""
+    """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm,
+    object-store credentials as env from the k8s Secret (never a parameter), caching per stage."""
+    from kfp import kubernetes
+
+    from rightsizer.storage import SECRET_KEYS_TO_ENV, settings_env
+
     spec = config.resources.for_stage(stage)
+    # optional: a pipeline that never touches s3:// still starts where the Secret is absent; one that
+    # does fails with a one-line "no object-store credentials" naming the Secret
+    kubernetes.use_secret_as_env(task, secret_name=config.storage.secret_name, secret_key_to_env=SECRET_KEYS_TO_ENV,
+                                 optional=True)
+    for key, value in settings_env(config.storage).items():
+        task.set_env_variable(key, value)
+    # training tasks have side effects (checkpoints, TrainJobs, uploads): uncached unless asked for
+    task.set_caching_options(spec.cache if spec.cache is not None else stage not in TRAINING_STAGES)
     if spec.cpu:
         task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu)
     if spec.memory:

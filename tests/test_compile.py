@@ -1,0 +1,129 @@
+"""`rightsizer compile`: the KFP IR YAML carries everything a cluster needs and no secret.
+
+Per task: cpu/memory requests and limits, accelerator type/count, /dev/shm for training, object-store
+credentials as env from a k8s Secret (kfp-kubernetes secretAsEnv), the endpoint as plain env, node
+selectors/tolerations from the config, caching off for training; the KFP UI outputs (Metrics,
+ClassificationMetrics, Markdown) are declared. Bad inputs exit 2 with one line and write nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rightsizer.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "demo.yaml"
+FAKE_ACCESS = "AKIAFAKEACCESS0000001"
+FAKE_SECRET = "fake/secret+value/that-must-never-leak"
+
+
+def _compile(tmp_path, monkeypatch, *extra: str) -> tuple[dict, dict, str]:
+    # credentials in the environment while compiling must not end up in the YAML
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    out = tmp_path / "x.yaml"
+    assert main(["compile", str(DEMO), "-o", str(out), *extra]) == 0
+    text = out.read_text()
+    spec, platform = list(yaml.safe_load_all(text))
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], text
+
+
+def _executor(executors: dict, stage: str) -> dict:
+    return next(spec for name, spec in executors.items() if name == f"exec-{stage}" or name.startswith(f"exec-{stage}-"))
+
+
+def _task(spec: dict, component: str) -> dict:
+    """The DAG task (anywhere in the graph) that runs ``comp-<component>``."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return next(task for task in tasks.values() if task["componentRef"]["name"] == f"comp-{component}")
+
+
+def test_compiled_demo_has_resources_shm_secret_env_and_caching(tmp_path, monkeypatch):
+    spec, platform, text = _compile(tmp_path, monkeypatch, "--set", "storage.endpoint=http://minio-service.kubeflow:9000")
+    executors = spec["deploymentSpec"]["executors"]
+    for stage in ("prepare", "teacher", "evaluate", "report"):
+        resources = _executor(executors, stage)["container"]["resources"]
+        assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == "2", stage
+        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "8Gi", stage
+        env = {e["name"]: e["value"] for e in _executor(executors, stage)["container"]["env"]}
+        assert env == {"AWS_ENDPOINT_URL": "http://minio-service.kubeflow:9000"}, stage
+        secret = platform[f"exec-{stage}"]["secretAsEnv"][0]
+        assert secret["secretName"] == "mlpipeline-minio-artifact"
+        assert {k["secretKey"]: k["envVar"] for k in secret["keyToEnv"]} == {
+            "accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+    teacher = _executor(executors, "teacher")["container"]["resources"]["accelerator"]
+    assert teacher["resourceType"] == "nvidia.com/gpu" and teacher["resourceCount"] == "1"  # demo: teachers gpus 1
+    assert "accelerator" not in _executor(executors, "prepare")["container"]["resources"]
+    shm = platform["exec-teacher"]["emptyDirMounts"][0]
+    assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory"
+    assert "emptyDirMounts" not in platform["exec-prepare"]
+    # caching: training uncached (side effects), the rest cached
+    assert _task(spec, "teacher").get("cachingOptions", {}).get("enableCache") is not True
+    assert _task(spec, "prepare")["cachingOptions"]["enableCache"] is True
+    assert _task(spec, "report")["cachingOptions"]["enableCache"] is True
+    # no secret anywhere: neither the env's values nor a credential-looking key
+    assert FAKE_ACCESS not in text and FAKE_SECRET not in text
+    assert "secret_key" not in text and "access_key" not in text
+
+
+def test_kfp_ui_outputs_are_declared(tmp_path, monkeypatch):
+    spec, _, _ = _compile(tmp_path, monkeypatch)
+    components = spec["components"]
+
+    def outputs(component: str) -> dict:
+        return {name: art["artifactType"]["schemaTitle"]
+                for name, art in components[f"comp-{component}"]["outputDefinitions"]["artifacts"].items()}
+
+    assert set(outputs("evaluate").values()) >= {"system.Metrics", "system.ClassificationMetrics"}
+    assert "system.Markdown" in outputs("report").values()
+
+
+def test_node_selector_tolerations_cache_and_secret_name_from_config(tmp_path, monkeypatch):
+    _, platform, _ = _compile(
+        tmp_path, monkeypatch,
+        "--set", "resources.teachers.node_selector={accelerator: a100}",
+        "--set", "resources.teachers.tolerations=[{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]",
+        "--set", "resources.teachers.cache=true",
+        "--set", "storage.secret_name=rightsizer-s3",
+    )
+    teacher = platform["exec-teacher"]
+    assert teacher["nodeSelector"]["labels"] == {"accelerator": "a100"}
+    assert teacher["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    assert teacher["secretAsEnv"][0]["secretName"] == "rightsizer-s3"
+    spec = yaml.safe_load_all((tmp_path / "x.yaml").read_text()).__next__()
+    assert _task(spec, "teacher")["cachingOptions"]["enableCache"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "storage.endpoint=http://minio:9000/bucket"], "no path"),
+    (["--set", "storage.endpoint=http://minio:9000", "--set", "storage.secure=true"], "drop one of them"),
+    (["--set", "resources.teachers.cpu=lots"], "not a Kubernetes quantity"),
+])
+def test_bad_compile_inputs_exit_2_with_one_line_and_no_output(tmp_path, capsys, args, message):
+    out = tmp_path / "x.yaml"
+    assert main(["compile", str(DEMO), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_credentials_in_the_config_file_are_refused(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(DEMO.read_text() + "storage:\n  endpoint: http://minio:9000\n  secret_key: hunter2\n")
+    out = tmp_path / "x.yaml"
+    assert main(["compile", str(config), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "credentials never go in the config" in err[0] and "hunter2" not in err[0]
+    assert not out.exists()
+
+
+def test_compile_refuses_an_unknown_output_suffix(tmp_path, capsys):
+    assert main(["compile", str(DEMO), "-o", str(tmp_path / "x.txt")]) == 2
+    assert "must end in .yaml" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
