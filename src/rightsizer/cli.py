@@ -115,6 +115,74 @@ def compile_command(
     console.print(f"wrote {path}")
 
 
+HostOption = typer.Option(None, "--host", help="KFP API URL, e.g. http://localhost:8080 (or $KF_PIPELINES_ENDPOINT)")
+NamespaceOption = typer.Option(None, "--namespace", "-n", help="KFP namespace (multi-user installs)")
+ExperimentOption = typer.Option(None, "--experiment", help="experiment name (default: the config's name)")
+KubeContextOption = typer.Option(None, "--kube-context", help="take the bearer token from this kubeconfig context "
+                                 "(default: $KFP_TOKEN, else none)")
+
+
+@app.command()
+def submit(
+    config_path: Path = typer.Argument(..., metavar="CONFIG"),
+    host: Optional[str] = HostOption,
+    namespace: Optional[str] = NamespaceOption,
+    experiment: Optional[str] = ExperimentOption,
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="default: '<name> <timestamp>'"),
+    kube_context: Optional[str] = KubeContextOption,
+    service_account: Optional[str] = typer.Option(None, "--service-account", help="k8s ServiceAccount for the run's pods"),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Create one run of the pipeline on a Kubeflow Pipelines cluster."""
+    from rightsizer import kfp_client
+
+    config = _load(config_path, overrides)
+    result = kfp_client.submit(config, host, experiment=experiment, namespace=namespace, run_name=run_name,
+                               kube_context=kube_context, service_account=service_account)
+    console.print(f"submitted run {result.run_id}: {result.url}")
+
+
+@app.command()
+def schedule(
+    config_path: Path = typer.Argument(..., metavar="CONFIG"),
+    cron: str = typer.Option(..., "--cron", help="six fields, seconds first: \"0 0 3 * * *\" = daily at 03:00"),
+    host: Optional[str] = HostOption,
+    max_concurrency: int = typer.Option(1, "--max-concurrency", help="runs of this schedule allowed at once"),
+    catchup: bool = typer.Option(False, "--catchup", help="backfill intervals missed while paused"),
+    namespace: Optional[str] = NamespaceOption,
+    experiment: Optional[str] = ExperimentOption,
+    name: Optional[str] = typer.Option(None, "--name", help="recurring run name (default: '<name>-schedule')"),
+    kube_context: Optional[str] = KubeContextOption,
+    service_account: Optional[str] = typer.Option(None, "--service-account", help="k8s ServiceAccount for the run's pods"),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Upload the pipeline (or a new version) and create a recurring run on a KFP cluster."""
+    from rightsizer import kfp_client
+
+    kfp_client.validate_cron(cron)  # before anything else: a typo should cost nothing
+    config = _load(config_path, overrides)
+    result = kfp_client.schedule(config, host, cron, max_concurrency=max_concurrency, experiment=experiment,
+                                 namespace=namespace, name=name, catchup=catchup, kube_context=kube_context,
+                                 service_account=service_account)
+    console.print(f"scheduled '{result.cron}' as recurring run {result.recurring_run_id} "
+                  f"(pipeline {result.pipeline_id}, version {result.pipeline_version_id}): {result.url}")
+
+
+@app.command()
+def tensorboard(
+    target: str = typer.Argument(..., metavar="RUN_DIR_OR_S3_URI", help="run/stage directory or s3://bucket/prefix"),
+    port: int = typer.Option(6006, "--port", help="0 picks a free port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0 inside a pod)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where an s3:// prefix is synced to"),
+    sync_interval: float = typer.Option(60.0, "--sync-interval", help="seconds between re-syncs of an s3:// prefix (0 = once)"),
+) -> None:
+    """Serve TensorBoard over a run's event files (local directory or S3 prefix)."""
+    from rightsizer import tensorboard as board
+
+    board.serve(target, host=host, port=port, cache_dir=cache_dir, sync_interval_s=sync_interval,
+                announce=console.print)
+
+
 @app.command()
 def stage(
     name: str = typer.Argument(..., help="prepare | teacher | evaluate | report | ..."),
