@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rightsizer.cli import main
+from rightsizer.errors import UserError
 from rightsizer.tensorboard import TensorBoardServer, resolve_logdir
 
 LOSS_TAG = r"^train/loss$"
@@ -60,11 +61,17 @@ def test_tensorboard_serves_events_synced_from_s3(finished_teacher, tmp_path, mo
         monkeypatch.setenv(ENDPOINT_ENV, server.endpoint)
         store = Store.from_env(retries=0)
         store.make_bucket("runs")
-        store.upload_dir(finished_teacher / "tb", "s3://runs/demo/teacher/tb")
+        store.upload_dir(finished_teacher, "s3://runs/demo/teacher")  # model, metrics, tb/ ...
         logdir = resolve_logdir("s3://runs/demo/teacher", cache_dir=tmp_path / "cache", store=store)
+        empty = resolve_logdir("s3://runs/not-yet", cache_dir=tmp_path / "empty", store=store, allow_empty=True)
+        with pytest.raises(UserError, match="no such object or prefix"):
+            resolve_logdir("s3://runs/not-yet", cache_dir=tmp_path / "empty2", store=store)
     finally:
         server.stop()
     assert logdir == tmp_path / "cache"
+    synced = [p.relative_to(logdir).parts[0] for p in logdir.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert synced and set(synced) == {"tb"}  # only the event files were fetched
+    assert empty.is_dir() and not any(empty.rglob("events.out.tfevents.*"))
     run, tag = _serve_and_find_loss(logdir)
     assert tag == "train/loss" and run == "tb"
 

@@ -175,12 +175,13 @@ def tensorboard(
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0 inside a pod)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="where an s3:// prefix is synced to"),
     sync_interval: float = typer.Option(60.0, "--sync-interval", help="seconds between re-syncs of an s3:// prefix (0 = once)"),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="serve even before any event file exists (in-cluster)"),
 ) -> None:
     """Serve TensorBoard over a run's event files (local directory or S3 prefix)."""
     from rightsizer import tensorboard as board
 
     board.serve(target, host=host, port=port, cache_dir=cache_dir, sync_interval_s=sync_interval,
-                announce=console.print)
+                allow_empty=allow_empty, announce=console.print)
 
 
 @app.command()

@@ -447,8 +447,9 @@ class Store:
             shutil.rmtree(staging, ignore_errors=True)
         return local_dir
 
-    def sync_dir(self, uri: str, local_dir: str | Path) -> int:
-        """Bring ``local_dir`` up to date with prefix ``uri``, fetching only new or changed objects.
+    def sync_dir(self, uri: str, local_dir: str | Path, match: Callable[[str], bool] | None = None) -> int:
+        """Bring ``local_dir`` up to date with prefix ``uri``, fetching only new or changed objects
+        (and of those only the keys ``match`` accepts, when given).
 
         Each file is still downloaded atomically and verified; a small manifest of ETags in
         ``local_dir`` remembers what is current. Returns how many files were fetched.
@@ -465,6 +466,8 @@ class Store:
         for item in self._objects_under(ref):
             relative = item.key[len(ref.prefix):]
             target = local_dir / relative
+            if match is not None and not match(item.key):
+                continue
             if manifest.get(relative) == [item.etag, item.size] and target.exists():
                 continue
             self.download_file(ObjectRef(ref.bucket, item.key).uri, target)

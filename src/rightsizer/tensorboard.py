@@ -34,12 +34,32 @@ def default_cache(uri: str) -> Path:
     return base / "tensorboard" / f"{ref.bucket}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
 
 
-def resolve_logdir(target: str, cache_dir: str | Path | None = None, store: Store | None = None) -> Path:
-    """The local directory TensorBoard should read: ``target`` itself, or a synced cache of an s3 prefix."""
+def is_event_file(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].startswith("events.out.tfevents.")
+
+
+def sync_events(store: Store, uri: str, cache: Path, allow_empty: bool = False) -> int:
+    """Fetch the new or changed event files under ``uri`` (models and data next to them are skipped)."""
+    try:
+        return store.sync_dir(uri, cache, match=is_event_file)
+    except UserError as exc:
+        if allow_empty and "no such object or prefix" in str(exc):
+            cache.mkdir(parents=True, exist_ok=True)
+            return 0
+        raise
+
+
+def resolve_logdir(target: str, cache_dir: str | Path | None = None, store: Store | None = None,
+                   allow_empty: bool = False) -> Path:
+    """The local directory TensorBoard should read: ``target`` itself, or a synced cache of an s3 prefix.
+
+    ``allow_empty`` (for the in-cluster Deployment) serves a prefix that has no events yet instead
+    of refusing it; they show up with the next sync.
+    """
     if is_uri(target):
         parse_uri(target)
         cache = Path(cache_dir) if cache_dir else default_cache(target)
-        (store or Store.from_env()).sync_dir(target, cache)
+        sync_events(store or Store.from_env(), target, cache, allow_empty)
         logdir = cache
     else:
         logdir = Path(target).expanduser()
@@ -48,7 +68,7 @@ def resolve_logdir(target: str, cache_dir: str | Path | None = None, store: Stor
                             "directory or an s3://bucket/prefix")
         if not logdir.is_dir():
             raise UserError(f"'{target}' is a file; give the directory that holds the tb/ event files")
-    if not any(logdir.rglob(EVENT_GLOB)):
+    if not allow_empty and not any(logdir.rglob(EVENT_GLOB)):
         raise UserError(f"no TensorBoard event files under '{target}'; training stages write them to <stage>/tb")
     return logdir
 
@@ -134,10 +154,14 @@ class TensorBoardServer:
 
 
 def serve(target: str, host: str = "127.0.0.1", port: int = 6006, cache_dir: str | Path | None = None,
-          sync_interval_s: float = 60.0, announce=print) -> int:
-    """Serve ``target`` until TensorBoard exits or Ctrl-C; re-sync an s3 target every ``sync_interval_s``."""
+          sync_interval_s: float = 60.0, allow_empty: bool = False, announce=print) -> int:
+    """Serve ``target`` until TensorBoard exits or Ctrl-C; re-sync an s3 target every ``sync_interval_s``.
+
+    A failed re-sync (store briefly down) is reported and retried at the next interval; TensorBoard
+    keeps serving what it has.
+    """
     store = Store.from_env() if is_uri(target) else None
-    logdir = resolve_logdir(target, cache_dir, store)
+    logdir = resolve_logdir(target, cache_dir, store, allow_empty)
     server = TensorBoardServer(logdir, host=host, port=port)
     try:
         url = server.start()
@@ -146,8 +170,12 @@ def serve(target: str, host: str = "127.0.0.1", port: int = 6006, cache_dir: str
             try:
                 return server.process.wait(timeout=sync_interval_s if store and sync_interval_s > 0 else None)
             except subprocess.TimeoutExpired:
-                fetched = store.sync_dir(target, logdir)
+                try:
+                    fetched = sync_events(store, target, logdir, allow_empty)
+                except UserError as exc:
+                    announce(f"sync failed, retrying in {sync_interval_s:.0f} s: {exc}")
+                    continue
                 if fetched:
-                    announce(f"synced {fetched} new or changed file(s) from {target}")
+                    announce(f"synced {fetched} new or changed event file(s) from {target}")
     finally:
         server.stop()
