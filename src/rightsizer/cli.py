@@ -185,6 +185,25 @@ def tensorboard(
 
 
 @app.command()
+def manifests(
+    overlay: str = typer.Argument(..., help="kfp | standalone (under k8s/overlays) or a kustomize directory"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the YAML here instead of stdout"),
+) -> None:
+    """Render the k8s/ manifests of an overlay (pipe into `kubectl apply -f -`)."""
+    from rightsizer.manifests import render
+
+    text = render(overlay)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, output)
+    console.print(f"wrote {output}")
+
+
+@app.command()
 def stage(
     name: str = typer.Argument(..., help="prepare | teacher | evaluate | report | ..."),
     config_path: Path = typer.Option(..., "--config", "-c"),
