@@ -1,21 +1,23 @@
-"""Component: report -> ``rightsizer.stages.report.run``; the report also as a Markdown artifact."""
+"""Component: report -> ``rightsizer.stages.report.run``; the report also as Markdown and HTML artifacts."""
 
 from typing import List, Optional
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from rightsizer_components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact], markdown: Output[Markdown],
-           headline: Output[Metrics],
+           html: Output[HTML], headline: Output[Metrics],
            teacher_metrics: Optional[Input[List[Artifact]]] = None,
            student_metrics: Optional[Input[List[Artifact]]] = None,
            adapter_metrics: Optional[Input[List[Artifact]]] = None,
            slice_metrics: Optional[Input[List[Artifact]]] = None,
-           other_metrics: Optional[Input[List[Artifact]]] = None):
+           other_metrics: Optional[Input[List[Artifact]]] = None,
+           probe: Optional[Input[Artifact]] = None):
+    import json
     import os
     import shutil
 
@@ -24,12 +26,21 @@ def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact],
 
     groups = [teacher_metrics, student_metrics, adapter_metrics, slice_metrics, other_metrics]
     metrics_dirs = [artifact.path for group in groups if group for artifact in group]
-    leaderboard = call(stage.run, config_json, data_dir=data.path, metrics_dirs=metrics_dirs, output_dir=report_dir.path)
+    leaderboard = call(stage.run, config_json, data_dir=data.path, metrics_dirs=metrics_dirs, output_dir=report_dir.path,
+                       probe_dir=probe.path if probe is not None else None)
     shutil.copyfile(os.path.join(report_dir.path, "report.md"), markdown.path)
-    best = leaderboard["candidates"][0]
+    shutil.copyfile(os.path.join(report_dir.path, "report.html"), html.path)
+    best = next((c for c in leaderboard["candidates"] if c["kind"] != "baseline"), leaderboard["candidates"][0])
     headline.log_metric("best_" + leaderboard["metric"], float(best[leaderboard["metric"]]))
     if leaderboard["recommended"]:
         chosen = next(c for c in leaderboard["candidates"] if c["name"] == leaderboard["recommended"])
         headline.log_metric("recommended_" + leaderboard["metric"], float(chosen[leaderboard["metric"]]))
-        headline.log_metric("recommended_latency_ms", float(chosen["latency_ms"]))
+        if chosen.get("latency_ms") is not None:
+            headline.log_metric("recommended_latency_ms", float(chosen["latency_ms"]))
+    with open(os.path.join(report_dir.path, "report.json")) as handle:
+        details = json.load(handle)
+    if details.get("cost"):
+        headline.log_metric("recommended_points_lost", float(details["cost"]["quality_points_lost"]))
+    if details["speed"].get("recommended_speedup"):
+        headline.log_metric("recommended_speedup_vs_teacher", float(details["speed"]["recommended_speedup"]))
     report_dir.metadata["recommended"] = leaderboard["recommended"] or ""

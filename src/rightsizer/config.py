@@ -141,6 +141,8 @@ class ReportConfig(Strict):
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     tolerance: float = Field(0.01, ge=0, le=1, description="recommend the smallest candidate within this of the best")
     size_by: Literal["latency", "params", "size_mb"] = "latency"
+    speedup_target: float = Field(2.0, ge=1, description="the report says whether a candidate within tolerance is "
+                                  "at least this many times faster than the best teacher")
 
 
 class ResourceSpec(Strict):
