@@ -244,3 +244,34 @@ def test_cli_with_missing_s3_object_exits_2_with_one_line(s3, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no such object or prefix" in err[0]
     assert not out.exists()
+
+
+def test_stage_command_reads_and_writes_s3_for_pods_outside_kfp(s3, tmp_path, capsys):
+    """What a TrainJob node runs: `rightsizer stage NAME --in s3://... --out s3://...`."""
+    import yaml
+
+    from conftest import tiny_raw
+    from rightsizer.data import load_prepared
+
+    raw = tiny_raw()
+    raw["data"].update(max_train_samples=60, max_eval_samples=30)
+    raw["teachers"][0].update(max_steps=2, eval_batch_size=32)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main_ok(["stage", "prepare", "--config", str(config), "--out", "s3://data/runs/r4/prepare"], capsys)
+    assert main_ok(["stage", "teacher", "--config", str(config), "--in", "s3://data/runs/r4/prepare",
+                    "--out", "s3://data/runs/r4/teacher"], capsys)
+    keys = [o.key for o in s3.store.list("s3://data/runs/r4/")]
+    assert "runs/r4/prepare/summary.json" in keys and "runs/r4/teacher/summary.json" in keys
+    assert any(k.startswith("runs/r4/teacher/model/") for k in keys)
+    assert any(k.startswith("runs/r4/teacher/tb/events.out.tfevents.") for k in keys)
+    dataset, card = load_prepared(s3.store.download_dir("s3://data/runs/r4/prepare", tmp_path / "prepared"))
+    assert len(dataset["train"]) == 60 and card["label_names"]
+
+
+def main_ok(args, capsys) -> bool:
+    from rightsizer.cli import main
+
+    code = main(args)
+    assert code == 0, capsys.readouterr().err
+    return True

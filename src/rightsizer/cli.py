@@ -96,19 +96,9 @@ def _print_run(output: Path, elapsed: float) -> None:
     for summary in summaries:
         timings.add_row(summary.get("stage", "?"), str(summary.get("name") or ""), f"{summary.get('duration_s', 0):.1f}")
     console.print(timings)
-    console.print(f"total {elapsed:.0f} s")
-    details = read_json(output / "report.json") if (output / "report.json").exists() else {}
     if leaderboard["recommended"]:
-        console.print(f"[bold green]recommended:[/] {leaderboard['recommended']} — {leaderboard['reason']}.")
-    else:
-        console.print(f"[bold yellow]no recommendation:[/] {leaderboard['reason']}.")
-    for line in (details.get("cost_statement"), (details.get("speed") or {}).get("statement")):
-        if line:
-            console.print(line)
-    for flag in details.get("flags", []):
-        console.print(f"[yellow]flag:[/] {flag['message']}")
-    report = output / "report.html"
-    console.print(f"report: {report if report.exists() else output / 'report.md'}")
+        console.print(f"[bold green]recommended:[/] {leaderboard['recommended']} — {leaderboard['reason']}")
+    console.print(f"report: {output / 'report.md'}   (total {elapsed:.0f} s)")
 
 
 @app.command("compile")
@@ -217,8 +207,8 @@ def manifests(
 def stage(
     name: str = typer.Argument(..., help="prepare | teacher | evaluate | report | ..."),
     config_path: Path = typer.Option(..., "--config", "-c"),
-    inputs: Optional[list[Path]] = typer.Option(None, "--in", help="input directories, in the stage's order"),
-    out: Path = typer.Option(..., "--out", help="output directory"),
+    inputs: Optional[list[str]] = typer.Option(None, "--in", help="input directories or s3:// prefixes, in the stage's order"),
+    out: str = typer.Option(..., "--out", help="output directory, or an s3:// prefix to upload it to when done"),
     member: Optional[str] = typer.Option(None, "--name", help="which teacher/student/adapter (default: the first)"),
     kind: Optional[str] = typer.Option(None, "--kind", help="evaluate: candidate kind"),
     overrides: Optional[list[str]] = SetOption,
@@ -244,10 +234,17 @@ def stage(
     else:
         if len(inputs) > len(wanted):
             raise UserError(f"stage {name} takes {len(wanted)} --in value(s), got {len(inputs)}")
+    from rightsizer import storage
+
     for path in inputs:
-        if not path.exists():
+        if storage.is_uri(path):
+            storage.parse_uri(path)
+        elif not Path(path).exists():
             raise UserError(f"input '{path}' not found")
+    if storage.is_uri(out):
+        storage.parse_uri(out)
     import inspect
+    import tempfile
 
     module = importlib.import_module(module_name)
     parameters = inspect.signature(module.run).parameters
@@ -255,7 +252,24 @@ def stage(
         kwargs["name"] = member
     if kind is not None and "kind" in parameters:
         kwargs["kind"] = kind
-    summary = module.run(config, output_dir=out, **kwargs)
+    # pods outside KFP (TrainJob nodes) read inputs from and write outputs to the object store
+    remote = [value for value in [*inputs, out] if storage.is_uri(value)]
+    scratch = Path(tempfile.mkdtemp(prefix="rightsizer-stage-")) if remote else None
+    try:
+        def local_path(value: str) -> Path:
+            return storage.fetch_input(value, scratch / "in", config.storage) if storage.is_uri(value) else Path(value)
+
+        for key in (k.lstrip("*") for k in wanted):
+            if key in kwargs:
+                value = kwargs[key]
+                kwargs[key] = [local_path(v) for v in value] if isinstance(value, list) else local_path(value)
+        output_dir = scratch / "out" / name if storage.is_uri(out) else Path(out)
+        summary = module.run(config, output_dir=output_dir, **kwargs)
+        if storage.is_uri(out):
+            storage.publish_output(output_dir, out, config.storage)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     console.print(f"{name} done -> {out}" + (f" ({summary.get('duration_s')} s)" if isinstance(summary, dict) and summary.get("duration_s") else ""))
 
 
