@@ -11,7 +11,7 @@ EXTRAS ?= test,deepspeed,kubeflow
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench compile clean
+.PHONY: setup run test test-fast bench compile clean image image-cuda
 
 setup: $(STAMP)
 
@@ -40,6 +40,20 @@ bench: setup
 
 compile: setup
 	$(BIN)/rightsizer compile examples/demo.yaml --output runs/demo-pipeline.yaml
+
+# Container images (need a Docker engine). The Dockerfiles repeat `setup`'s install: $(TORCH_SPEC)
+# first (CPU or cu128 wheel), then `pip install .[extras]`; tests/test_images.py keeps them in step.
+DOCKER ?= docker
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= ghcr.io/rightsizer/rightsizer:$(VERSION)
+
+image:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "error: $(DOCKER) not found; install Docker (or set DOCKER=podman)"; exit 2; }
+	$(DOCKER) build -f images/Dockerfile --build-arg TORCH_SPEC="$(TORCH_SPEC)" -t $(IMAGE) .
+
+image-cuda:
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "error: $(DOCKER) not found; install Docker (or set DOCKER=podman)"; exit 2; }
+	$(DOCKER) build -f images/Dockerfile.cuda --build-arg TORCH_SPEC="$(TORCH_SPEC)" -t $(IMAGE)-cuda .
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,122 @@
+"""images/: the Dockerfiles install what pyproject.toml and the Makefile say, and run as non-root.
+
+No Docker engine runs here, so the Dockerfiles are parsed: base images pinned, torch pinned first
+(the Makefile's TORCH_SPEC) and then the package with extras that exist in pyproject, DeepSpeed at
+pyproject's pin, every package directory copied in, a non-root USER last, no secrets.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILES = {"cpu": REPO / "images" / "Dockerfile", "cuda": REPO / "images" / "Dockerfile.cuda"}
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+            for line in text.splitlines() if line.strip()]
+
+
+def arg_defaults(path: Path) -> dict[str, str]:
+    defaults = {}
+    for op, rest in instructions(path):
+        if op == "ARG" and "=" in rest:
+            name, value = rest.split("=", 1)
+            defaults[name.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return defaults
+
+
+def makefile_default(name: str) -> str:
+    match = re.search(rf"^{name}\s*\?=\s*(\S+)", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert match, f"Makefile has no {name} default"
+    return match.group(1)
+
+
+def final_stage(path: Path) -> list[tuple[str, str]]:
+    ops = instructions(path)
+    last_from = max(i for i, (op, _) in enumerate(ops) if op == "FROM")
+    return ops[last_from:]
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_torch_first_then_the_package_with_extras_from_pyproject(flavour):
+    path = DOCKERFILES[flavour]
+    args = arg_defaults(path)
+    assert args["TORCH_SPEC"] == makefile_default("TORCH_SPEC")  # the same pin as `make setup`
+    torch_pin = Requirement(args["TORCH_SPEC"])
+    torch_range = next(Requirement(r) for r in PYPROJECT["project"]["dependencies"] if Requirement(r).name == "torch")
+    pinned = next(iter(torch_pin.specifier)).version
+    assert torch_range.specifier.contains(pinned), f"{pinned} outside pyproject's {torch_range.specifier}"
+    extras = args["EXTRAS"].split(",")
+    assert set(extras) <= set(PYPROJECT["project"]["optional-dependencies"]) and "test" not in extras
+    runs = [rest for op, rest in instructions(path) if op == "RUN"]
+    torch_step = next(i for i, r in enumerate(runs) if 'pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"' in r)
+    package_step = next(i for i, r in enumerate(runs) if 'pip install ".[${EXTRAS}]"' in r)
+    assert torch_step < package_step
+
+
+def test_cuda_image_uses_the_makefile_gpu_index_and_pyproject_deepspeed_pin():
+    args = arg_defaults(DOCKERFILES["cuda"])
+    assert args["TORCH_INDEX"] in (REPO / "Makefile").read_text()  # the documented GPU index (cu128)
+    deepspeed = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["deepspeed"]]
+    assert [str(r) for r in deepspeed] == [args["DEEPSPEED_SPEC"]]
+    assert "deepspeed" in args["EXTRAS"].split(",")
+    build = " ".join(rest for op, rest in instructions(DOCKERFILES["cuda"]) if op == "RUN")
+    assert "DS_BUILD_CPU_ADAM=1" in build and "DS_BUILD_FUSED_ADAM=1" in build and "--no-build-isolation" in build
+    assert arg_defaults(DOCKERFILES["cpu"])["TORCH_INDEX"].endswith("/cpu")
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_every_package_directory_is_copied_in(flavour):
+    copied = {source for op, rest in instructions(DOCKERFILES[flavour]) if op == "COPY" and "--from" not in rest
+              for source in shlex.split(rest)[:-1]}
+    needed = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values()) | {"pyproject.toml", PYPROJECT["project"]["readme"]}
+    assert needed <= copied, needed - copied
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    for name in needed:
+        assert not any(pattern.rstrip("/") == name for pattern in ignored), f".dockerignore drops {name}"
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_runs_as_non_root_from_pinned_bases_without_secrets(flavour):
+    path = DOCKERFILES[flavour]
+    args = arg_defaults(path)
+    for op, rest in instructions(path):
+        if op == "FROM":
+            image = rest.split()[0]
+            image = args.get(image.strip("${}"), image) if image.startswith("$") else image
+            assert ":" in image and not image.endswith(":latest"), image
+    users = [rest for op, rest in final_stage(path) if op == "USER"]
+    assert users, "the final stage sets no USER (it would run as root)"
+    uid = users[-1].split(":")[0]
+    assert uid not in ("0", "root") and (not uid.isdigit() or int(uid) >= 1000)
+    declared = [rest.split("=")[0] for op, rest in instructions(path) if op in ("ARG", "ENV")]
+    declared += [pair.split("=")[0] for op, rest in instructions(path) if op == "ENV" for pair in rest.split()]
+    for name in declared:
+        assert not re.search(r"SECRET|PASSWORD|TOKEN\b|_TOKEN|ACCESS_KEY|CREDENTIAL", name, re.I), name
+    python = re.search(r"python:(\d+\.\d+)", path.read_text()) or re.search(r"ubuntu(24)\.04", path.read_text())
+    version = python.group(1) if python.group(1) != "24" else "3.12"  # Ubuntu 24.04 ships Python 3.12
+    assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(f"{version}.0")
+
+
+def test_dockerignore_keeps_secrets_and_local_state_out():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    for pattern in ("**/.git", "**/.venv", "**/*.env", "runs/", "k8s/"):
+        assert pattern in ignored, pattern
+
+
+def test_makefile_builds_both_images():
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^image:", makefile, re.M) and re.search(r"^image-cuda:", makefile, re.M)
+    assert "-f images/Dockerfile " in makefile and "-f images/Dockerfile.cuda " in makefile
