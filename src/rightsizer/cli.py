@@ -120,6 +120,7 @@ NamespaceOption = typer.Option(None, "--namespace", "-n", help="KFP namespace (m
 ExperimentOption = typer.Option(None, "--experiment", help="experiment name (default: the config's name)")
 KubeContextOption = typer.Option(None, "--kube-context", help="take the bearer token from this kubeconfig context "
                                  "(default: $KFP_TOKEN, else none)")
+ServiceAccountOption = typer.Option(None, "--service-account", help="k8s ServiceAccount for the run's pods")
 
 
 @app.command()
@@ -130,7 +131,7 @@ def submit(
     experiment: Optional[str] = ExperimentOption,
     run_name: Optional[str] = typer.Option(None, "--run-name", help="default: '<name> <timestamp>'"),
     kube_context: Optional[str] = KubeContextOption,
-    service_account: Optional[str] = typer.Option(None, "--service-account", help="k8s ServiceAccount for the run's pods"),
+    service_account: Optional[str] = ServiceAccountOption,
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Create one run of the pipeline on a Kubeflow Pipelines cluster."""
@@ -153,7 +154,7 @@ def schedule(
     experiment: Optional[str] = ExperimentOption,
     name: Optional[str] = typer.Option(None, "--name", help="recurring run name (default: '<name>-schedule')"),
     kube_context: Optional[str] = KubeContextOption,
-    service_account: Optional[str] = typer.Option(None, "--service-account", help="k8s ServiceAccount for the run's pods"),
+    service_account: Optional[str] = ServiceAccountOption,
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     """Upload the pipeline (or a new version) and create a recurring run on a KFP cluster."""
