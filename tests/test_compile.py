@@ -81,7 +81,7 @@ def test_kfp_ui_outputs_are_declared(tmp_path, monkeypatch):
                 for name, art in components[f"comp-{component}"]["outputDefinitions"]["artifacts"].items()}
 
     assert set(outputs("evaluate").values()) >= {"system.Metrics", "system.ClassificationMetrics"}
-    assert "system.Markdown" in outputs("report").values()
+    assert {"system.Markdown", "system.HTML", "system.Metrics"} <= set(outputs("report").values())
 
 
 def test_node_selector_tolerations_cache_and_secret_name_from_config(tmp_path, monkeypatch):
