@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = {"cpu": REPO / "images" / "Dockerfile", "cuda": REPO / "images" / "Dockerfile.cuda"}
