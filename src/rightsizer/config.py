@@ -17,10 +17,12 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rightsizer.adapters_registry import METHODS as ADAPTER_REGISTRY
+from rightsizer.adapters_registry import check_fields as check_adapter_fields
 from rightsizer.errors import UserError, did_you_mean, one_of
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-ADAPTER_METHODS = ("lora", "rslora", "dora", "adalora", "ia3", "loha", "lokr", "oft", "prefix", "prompt")
+ADAPTER_METHODS = tuple(ADAPTER_REGISTRY)  # lora, rslora, dora, adalora, ia3, loha, lokr, oft, prefix, prompt
 STAGES = ("prepare", "teachers", "students", "adapters", "probe", "evaluate", "report")
 
 
@@ -107,6 +109,24 @@ class AdapterConfig(TrainingOptions):
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific peft options")
     learning_rate: float = Field(5e-4, gt=0, lt=1)
 
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or any(not str(v).strip() for v in value)):
+            raise ValueError("give module names (e.g. [query, value]), 'all-linear', or leave it out for peft's default")
+        return value
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> "AdapterConfig":
+        # a common field "is set" when it differs from its default (so configs survive a to_json round trip)
+        changed = [key for key in ("r", "alpha", "dropout", "target_modules")
+                   if getattr(self, key) != type(self).model_fields[key].default]
+        problem = check_adapter_fields(self.method, self.options, changed)
+        if problem:
+            raise ValueError(f"adapter '{self.name}': {problem}")
+        return self
+
+
 
 class ProbeConfig(TrainingOptions):
     model: str = Field("teacher", description="a teacher name (its pretrained model) or a model reference")
@@ -117,15 +137,53 @@ class ProbeConfig(TrainingOptions):
 
 
 class PromptingConfig(Strict):
-    model: str | None = Field(None, description="causal LM to prompt (teacher name or model reference); default: decoder teachers")
+    model: str | list[str] | None = Field(
+        None, description="causal LM(s) to prompt (teacher name = its pretrained model, or a model reference); "
+        "default: the teachers whose model is a decoder preset")
     shots: list[int] = Field(default_factory=lambda: [0], description="k for k-shot prompting; 0 = zero-shot")
-    template: str = "{text}\nAnswer: {label}"
+    template: str = Field("{text}\nAnswer: {label}", description="placeholders {text}, {text_pair} and, last, {label}")
     verbalizer: dict[str, str] | None = Field(None, description="label -> word; default: the label names")
+    separator: str = Field("\n\n", description="between k-shot examples")
 
     @field_validator("shots", mode="before")
     @classmethod
     def _int_to_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, int) else value
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 0 for k in value) or len(set(value)) != len(value):
+            raise ValueError(f"shots must be distinct numbers >= 0 (0 = zero-shot), got {value}")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        fields = re.findall(r"{([^{}]*)}", value)
+        unknown = sorted(set(fields) - {"text", "text_pair", "label"})
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)} in the template; "
+                             "use {text}, {text_pair} and {label}")
+        if "text" not in fields or "label" not in fields:
+            raise ValueError("the template needs {text} and {label} (the verbalizer word is scored where {label} is)")
+        if fields[-1] != "label" or fields.count("label") != 1:
+            raise ValueError("{label} must appear once, after the other placeholders: the label word is scored as "
+                             "the continuation of the prompt")
+        return value
+
+    @field_validator("verbalizer")
+    @classmethod
+    def _verbalizer(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            empty = sorted(label for label, word in value.items() if not str(word).strip())
+            if empty:
+                raise ValueError(f"verbalizer words must not be empty (labels: {', '.join(empty)})")
+        return value
+
+    @property
+    def models(self) -> list[str]:
+        return [] if self.model is None else [self.model] if isinstance(self.model, str) else list(self.model)
 
 
 class EvaluationConfig(Strict):
@@ -275,6 +333,51 @@ class RunConfig(Strict):
                     f"({one_of(teacher_names)})"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _adapters_and_prompting(self) -> "RunConfig":
+        from rightsizer.models import PRESETS
+
+        teacher_names = {t.name for t in self.teachers}
+        for adapter in self.adapters:
+            if adapter.base == "teacher" and "teacher" not in teacher_names:
+                raise ValueError(f"adapter '{adapter.name}': base 'teacher' names no configured teacher "
+                                 f"({one_of(teacher_names) or 'none'}); give a teacher name or a model reference")
+        prompting = self.evaluation.prompting
+        if prompting is not None:
+            runs = self.prompting_runs()
+            if not runs:
+                raise ValueError("evaluation.prompting needs a causal LM: no teacher is a decoder preset, so set "
+                                 "evaluation.prompting.model (a teacher name or a model reference)")
+            for _, reference, _ in runs:
+                if reference in PRESETS and not PRESETS[reference].decoder:
+                    decoders = [p.name for p in PRESETS.values() if p.decoder]
+                    raise ValueError(f"prompting needs a causal LM, but '{reference}' is encoder-only; use a decoder "
+                                     f"({one_of(decoders)} or a Hub causal LM)")
+            names = [t.name for t in self.teachers] + [s.name for s in self.students] + [a.name for a in self.adapters]
+            clash = sorted({name for name, _, _ in runs} & set(names))
+            if clash:
+                raise ValueError(f"prompting row names clash with other candidates: {', '.join(clash)}")
+        return self
+
+    def prompting_runs(self) -> list[tuple[str, str, int]]:
+        """(row name, model reference, shots) for every prompting baseline row (empty without prompting)."""
+        from rightsizer.models import PRESETS
+
+        prompting = self.evaluation.prompting
+        if prompting is None:
+            return []
+        teachers = {t.name: t.model for t in self.teachers}
+        if prompting.models:
+            chosen = [(m, teachers.get(m, m)) for m in prompting.models]
+        else:
+            chosen = [(t.name, t.model) for t in self.teachers if t.model in PRESETS and PRESETS[t.model].decoder]
+        runs = []
+        for label, reference in chosen:
+            label = re.sub(r"[^A-Za-z0-9._-]+", "-", label.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or "model"
+            for k in prompting.shots:
+                runs.append((f"prompt-{label}-{k}shot"[:63], reference, k))
+        return runs
 
     # -- helpers used by stages -------------------------------------------------------------
     def teacher(self, name: str) -> TeacherConfig:

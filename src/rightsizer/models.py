@@ -206,16 +206,7 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config)
         return model, finish_tokenizer(model, tokenizer)
-    if kind == "local":
-        path = Path(reference).expanduser()
-        if not path.exists():
-            raise UserError(f"model directory '{path}' not found")
-        check_model_dir(path)
-        source = str(path)
-    else:
-        if not HUB_ID.match(reference) or reference.startswith("tiny-"):
-            raise _unknown(reference, "not a valid hub id")
-        source = reference
+    source = _source(reference, kind)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -223,10 +214,73 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
             ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        if kind == "hub":
-            raise _unknown(reference, f"could not be loaded from the Hugging Face Hub (offline?): {first}") from None
-        raise UserError(f"cannot load model from '{source}': {first}") from None
+        raise _load_error(reference, kind, source, exc) from None
+    return model, finish_tokenizer(model, tokenizer)
+
+
+def _source(reference: str, kind: str) -> str:
+    """What ``from_pretrained`` gets for a local or Hub reference (checked, no network)."""
+    if kind == "local":
+        path = Path(reference).expanduser()
+        if not path.exists():
+            raise UserError(f"model directory '{path}' not found")
+        check_model_dir(path)
+        return str(path)
+    if not HUB_ID.match(reference) or reference.startswith("tiny-"):
+        raise _unknown(reference, "not a valid hub id")
+    return reference
+
+
+def _load_error(reference: str, kind: str, source: str, exc: Exception) -> UserError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if kind == "hub":
+        return _unknown(reference, f"could not be loaded from the Hugging Face Hub (offline?): {first}")
+    return UserError(f"cannot load model from '{source}': {first}")
+
+
+def is_causal_lm(config) -> bool:
+    """Whether a model config describes a decoder that can be prompted (not an encoder-only MLM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return False
+    return model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or bool(getattr(config, "is_decoder", False))
+
+
+def load_causal_lm(reference: str, train_texts: Iterable[str] | None = None, seed: int = 0):
+    """A causal language model and its tokenizer (prompting baselines); encoder-only models are refused."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kind = describe(reference)
+    decoders = ", ".join(p.name for p in PRESETS.values() if p.decoder)
+    if kind == "preset":
+        preset = PRESETS[reference]
+        if not preset.decoder:
+            raise UserError(f"prompting needs a causal LM, but '{reference}' is encoder-only; use a decoder "
+                            f"({decoders} or a Hub causal LM)")
+        if train_texts is None:
+            raise ValueError("a preset needs training texts for its tokenizer")
+        tokenizer = train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(preset.build_config(len(tokenizer), tokenizer))
+        model.eval()
+        return model, finish_tokenizer(model, tokenizer)
+    source = _source(reference, kind)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        if not is_causal_lm(config):
+            raise UserError(f"prompting needs a causal LM, but '{reference}' ({config.model_type}) is encoder-only; "
+                            f"use a decoder ({decoders} or a Hub causal LM)")
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
+                                                     dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise _load_error(reference, kind, source, exc) from None
+    model.eval()
     return model, finish_tokenizer(model, tokenizer)
 
 
@@ -248,9 +302,13 @@ def load_saved(model_dir: str | Path):
     check_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if (model_dir / "adapter_config.json").exists():
-        from peft import AutoPeftModelForSequenceClassification
+        from peft import AutoPeftModelForSequenceClassification, PeftModel
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir))
+        if (model_dir / "base").is_dir():  # the adapter stage keeps a non-Hub base beside its adapter
+            base = AutoModelForSequenceClassification.from_pretrained(str(model_dir / "base"), dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, str(model_dir))
+        else:
+            model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir))
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
     model.eval()

@@ -26,19 +26,21 @@ class Components:
     teacher: object
     evaluate: object
     report: object
+    adapter: object
+    prompting: object
 
 
 def load_components(image: str) -> "Components":
     """The project's components, re-wrapped with ``image`` as their base image."""
     from kfp import dsl
 
-    from rightsizer_components import evaluate, prepare, report, teacher
+    from rightsizer_components import adapters, evaluate, prepare, prompting, report, teacher
 
     def wrap(component):
         return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
     return Components(prepare=wrap(prepare.prepare), teacher=wrap(teacher.teacher), evaluate=wrap(evaluate.evaluate),
-                      report=wrap(report.report))
+                      report=wrap(report.report), adapter=wrap(adapters.adapter), prompting=wrap(prompting.prompting))
 
 
 def image_for(config: RunConfig) -> str:
@@ -94,6 +96,8 @@ def build_pipeline(config: RunConfig):
     parts = load_components(image_for(config))
     config_json = config.to_json()
     teacher_names = [t.name for t in config.teachers]
+    adapter_names = [a.name for a in config.adapters]
+    prompting_rows = [row for row, _, _ in config.prompting_runs()]
 
     @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")
     def rightsize(config_json: str = config_json):
@@ -108,6 +112,21 @@ def build_pipeline(config: RunConfig):
                                         candidate=teach.outputs["model"])
                 apply_resources(scored, config, "evaluate").set_display_name("evaluate-teacher")
             report_inputs["teacher_metrics"] = dsl.Collected(scored.outputs["metrics"])
+        if adapter_names:
+            # adapters start from pretrained bases, so they run beside the teachers, one task each
+            with dsl.ParallelFor(adapter_names, name="adapters") as adapter_name:
+                adapted = parts.adapter(config_json=config_json, name=adapter_name, data=data)
+                apply_resources(adapted, config, "adapters").set_display_name("adapter")
+                scored = parts.evaluate(config_json=config_json, name=adapter_name, kind="adapter", data=data,
+                                        candidate=adapted.outputs["model"])
+                apply_resources(scored, config, "evaluate").set_display_name("evaluate-adapter")
+            report_inputs["adapter_metrics"] = dsl.Collected(scored.outputs["metrics"])
+        if prompting_rows:
+            # zero-/k-shot baselines: each task scores the test split itself and writes a metrics dir
+            with dsl.ParallelFor(prompting_rows, name="prompting") as row_name:
+                prompted = parts.prompting(config_json=config_json, name=row_name, data=data)
+                apply_resources(prompted, config, "evaluate").set_display_name("prompting")
+            report_inputs["other_metrics"] = dsl.Collected(prompted.outputs["metrics"])
         final = parts.report(config_json=config_json, data=data, **report_inputs)
         apply_resources(final, config, "report").set_display_name("report")
 

@@ -7,6 +7,8 @@ in order (a leading ``*`` means "all remaining inputs, as a list").
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "prepare": ("rightsizer.stages.prepare", ()),
     "teacher": ("rightsizer.stages.teacher", ("data_dir",)),
+    "adapters": ("rightsizer.stages.adapters", ("data_dir",)),  # --name picks the adapter
+    "prompting": ("rightsizer.stages.prompting", ("data_dir",)),  # --name prompt-<model>-<k>shot
     "evaluate": ("rightsizer.stages.evaluate", ("data_dir", "candidate_dir")),
     "report": ("rightsizer.stages.report", ("data_dir", "*metrics_dirs")),
 }

@@ -104,7 +104,8 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
             "samples_per_s": trained.get("samples_per_s"),
             "test_rows": len(dataset["test"]),
         })
-        for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers"):
+        for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers", "method", "base_model",
+                    "merged"):
             if key in trained:
                 metrics[key] = trained[key]
         write_json(out.work / "metrics.json", metrics)
