@@ -1,0 +1,224 @@
+"""Stage: adapters. One PEFT method trained on a pretrained base, classification head included.
+
+The base is the pretrained model a teacher starts from (``base: <teacher name>``) or any model
+reference. The method comes from :mod:`rightsizer.adapters_registry`; peft's sequence-
+classification task type marks the head as a module to save, so it is trained and stored with the
+adapter. Outputs:
+
+- ``adapter/``: the unmerged adapter + head (+ tokenizer); ``adapter/base/`` holds the frozen base
+  unless it is a Hub id, so the adapter reloads anywhere. Reloading it must reproduce the trained
+  model's logits, checked on validation rows.
+- ``model/``: what evaluation measures. Where peft can merge the method (everything but prefix and
+  prompt tuning) the adapter is folded into the base weights, so latency is the plain model's; the
+  merged logits are checked against the unmerged ones. Otherwise a copy of ``adapter/``.
+- ``summary.json``: trainable parameters and their share, peak training memory, train time,
+  samples/s, the modules adapted, and both checks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from rightsizer.adapters_registry import METHODS, AdapterMethod, AdapterSpec, linear_modules, missing_targets
+from rightsizer.config import AdapterConfig, RunConfig
+from rightsizer.data import load_prepared, tokenize
+from rightsizer.errors import UserError
+from rightsizer.inference import predict_logits
+from rightsizer.launch import deepspeed_config
+from rightsizer.models import count_parameters, describe, load_classifier, load_saved
+from rightsizer.outputs import stage_output, write_json
+from rightsizer.train import fine_tune, training_texts
+from rightsizer.train.memory import PeakMemory
+
+CHECK_ROWS = 256  # validation rows used to compare reloaded / merged predictions with the trained model
+RELOAD_TOLERANCE = 1e-4
+MERGE_TOLERANCE = 1e-3
+
+
+def base_reference(config: RunConfig, base: str) -> tuple[str, str | None]:
+    """(model reference, teacher name or None): a teacher name means that teacher's pretrained model."""
+    for teacher in config.teachers:
+        if teacher.name == base:
+            return teacher.model, teacher.name
+    return base, None
+
+
+def planned_steps(train_rows: int, options) -> int:
+    """Optimizer steps :func:`fine_tune` will run (AdaLoRA's rank schedule needs it up front)."""
+    import math
+    import os
+
+    per_step = options.batch_size * options.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    return options.max_steps or max(1, math.ceil(max(1, math.ceil(train_rows / per_step)) * options.epochs))
+
+
+def _linear_list(model) -> str:
+    names = linear_modules(model)
+    return ", ".join(sorted(names)) or "none"
+
+
+def check_targets(model, adapter: AdapterConfig, method: AdapterMethod) -> None:
+    """Every named target module (and IA3 feed-forward module) must be a linear module of the model."""
+    arch = type(model).__name__
+    if isinstance(adapter.target_modules, list):
+        missing = missing_targets(model, adapter.target_modules)
+        if missing:
+            raise UserError(
+                f"adapter '{adapter.name}': target_modules {', '.join(repr(m) for m in missing)} not found in {arch}; "
+                f"its linear modules are: {_linear_list(model)} (or use target_modules: all-linear)")
+    feedforward = adapter.options.get("feedforward_modules")
+    if feedforward is not None:
+        feedforward = [feedforward] if isinstance(feedforward, str) else list(feedforward)
+        missing = missing_targets(model, feedforward)
+        if missing:
+            raise UserError(f"adapter '{adapter.name}': feedforward_modules {', '.join(repr(m) for m in missing)} not "
+                            f"found in {arch}; its linear modules are: {_linear_list(model)}")
+        if isinstance(adapter.target_modules, list):
+            outside = [m for m in feedforward if m not in adapter.target_modules]
+            if outside:
+                raise UserError(f"adapter '{adapter.name}': feedforward_modules must also be in target_modules; "
+                                f"add {', '.join(repr(m) for m in outside)}")
+
+
+def build_adapter(model, tokenizer, adapter: AdapterConfig, total_steps: int, tokenizer_dir: str | None = None,
+                  max_length: int = 32):
+    """Wrap ``model`` with ``adapter``'s method; user-fixable incompatibilities raise UserError."""
+    from peft import get_peft_model
+
+    method = METHODS[adapter.method]
+    arch = type(model).__name__
+    check_targets(model, adapter, method)
+    spec = AdapterSpec(r=adapter.r, alpha=adapter.alpha if adapter.alpha is not None else 2.0 * adapter.r,
+                       dropout=adapter.dropout, target_modules=adapter.target_modules, options=dict(adapter.options),
+                       total_steps=total_steps, tokenizer_dir=tokenizer_dir)
+    try:
+        peft_config = method.build(spec)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"adapter '{adapter.name}' ({adapter.method}): {_first_line(exc)}") from None
+    try:
+        peft_model = get_peft_model(model, peft_config)
+    except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
+        message = _first_line(exc)
+        if "target_modules" in message:
+            message += f"; {arch}'s linear modules are: {_linear_list(model)}"
+        raise UserError(f"adapter '{adapter.name}': peft cannot apply {adapter.method} to {arch}: {message}") from None
+    if method.prompt_learning:
+        _dry_run(peft_model, tokenizer, adapter, arch, max_length)
+    return peft_model
+
+
+def _dry_run(peft_model, tokenizer, adapter: AdapterConfig, arch: str, max_length: int) -> None:
+    """Prefix/prompt tuning need support deep in the architecture (cache, embeddings): try one batch."""
+    import torch
+
+    batch = tokenizer(["a b c", "a b c d e"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    device = next(peft_model.parameters()).device
+    try:
+        with torch.no_grad():
+            peft_model(**{k: v.to(device) for k, v in batch.items()})
+    except (TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError, IndexError) as exc:
+        raise UserError(f"adapter '{adapter.name}': peft cannot apply {adapter.method} tuning to {arch} "
+                        f"({type(exc).__name__}: {_first_line(exc)}); use a layer method such as lora") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+class RankAllocation:
+    """AdaLoRA re-allocates its rank budget after every optimizer step (peft leaves this to the loop)."""
+
+    def __new__(cls, peft_model):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def on_optimizer_step(self, args, state, control, **kwargs):
+                peft_model.base_model.update_and_allocate(state.global_step)
+
+        return _Callback()
+
+
+def _logits(model, tokenizer, rows, config: RunConfig, batch_size: int) -> np.ndarray:
+    logits, _, _ = predict_logits(model, tokenizer, rows, config.data.max_length, batch_size)
+    return logits
+
+
+def _compare(reference: np.ndarray, other: np.ndarray) -> dict:
+    return {"rows": int(len(reference)), "max_abs_diff": float(np.abs(reference - other).max()) if len(reference) else 0.0,
+            "agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()) if len(reference) else 1.0}
+
+
+def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None,
+        **fine_tune_kwargs) -> dict:
+    if not config.adapters:
+        raise UserError("the config has no adapters; add an 'adapters:' section")
+    adapter = config.adapter(name) if name else config.adapters[0]
+    method = METHODS[adapter.method]
+    reference, teacher_name = base_reference(config, adapter.base)
+    dataset, card = load_prepared(data_dir)
+    with stage_output(output_dir, "adapters", config, name=adapter.name) as out:
+        model, tokenizer = load_classifier(reference, card["label_names"], training_texts(dataset), config.seed)
+        base_params, _ = count_parameters(model)
+        adapter_dir, model_dir = out.work / "adapter", out.work / "model"
+        save_base = describe(reference) != "hub"
+        if save_base:  # presets (random init from the seed) and local dirs: keep the exact frozen base
+            model.save_pretrained(str(adapter_dir / "base"))
+            tokenizer.save_pretrained(str(adapter_dir / "base"))
+        tokenizer.save_pretrained(str(adapter_dir))
+        pair = "text_pair" in dataset["train"].column_names
+        tokenized = tokenize(dataset, tokenizer, config.data.max_length, pair)
+        total_steps = planned_steps(len(tokenized["train"]), adapter)
+        peft_model = build_adapter(model, tokenizer, adapter, total_steps, str(adapter_dir), config.data.max_length)
+        # empty while training: peft would look a saved base's name up on the Hub at every checkpoint
+        peft_model.peft_config["default"].base_model_name_or_path = None if save_base else reference
+        adapted = getattr(peft_model.peft_config["default"], "target_modules", None)
+        params, trainable = count_parameters(peft_model)
+        callbacks = [RankAllocation(peft_model)] if method.needs_rank_allocation else []
+        with PeakMemory() as memory:
+            result = fine_tune(
+                peft_model, tokenizer, dataset, adapter, seed=config.seed, work_dir=out.work,
+                max_length=config.data.max_length, deepspeed=deepspeed_config(config.deepspeed),
+                callbacks=callbacks, save_model=False, tokenized=tokenized, **fine_tune_kwargs)
+        trained = result.extra["trainer"].model
+        trained.eval()
+        rows = dataset["validation"].select(range(min(CHECK_ROWS, len(dataset["validation"]))))
+        reference_logits = _logits(trained, tokenizer, rows, config, adapter.eval_batch_size)
+
+        trained.peft_config["default"].base_model_name_or_path = "base" if save_base else reference
+        trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+        reloaded, _ = load_saved(adapter_dir)
+        reload_check = _compare(reference_logits, _logits(reloaded, tokenizer, rows, config, adapter.eval_batch_size))
+        del reloaded
+        if reload_check["max_abs_diff"] > RELOAD_TOLERANCE:
+            raise RuntimeError(f"adapter '{adapter.name}': the reloaded adapter predicts differently from the trained "
+                               f"model ({reload_check}); was the head saved?")
+        merge_check = None
+        if method.mergeable:
+            merged = trained.merge_and_unload()
+            merged.save_pretrained(str(model_dir))
+            tokenizer.save_pretrained(str(model_dir))
+            merge_check = _compare(reference_logits, _logits(merged, tokenizer, rows, config, adapter.eval_batch_size))
+            if merge_check["max_abs_diff"] > MERGE_TOLERANCE:
+                raise RuntimeError(f"adapter '{adapter.name}': merged and unmerged predictions differ ({merge_check})")
+        else:
+            shutil.copytree(adapter_dir, model_dir)
+
+        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
+        write_json(out.work / "metrics.json", metrics)
+        out.summary.update({
+            "kind": "adapter", "method": adapter.method, "base": adapter.base, "base_model": reference,
+            "base_teacher": teacher_name, "params": params, "base_params": base_params, "trainable_params": trainable,
+            "trainable_share": round(trainable / params, 9) if params else None,
+            "target_modules": sorted(adapted) if isinstance(adapted, (set, list, tuple)) else adapted,
+            "r": adapter.r if "r" in method.uses else None, "merged": method.mergeable,
+            "reload_check": reload_check, "merge_check": merge_check,
+            **memory.as_summary(),
+            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
+            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
+            "validation": result.eval_metrics,
+        })
+    return out.summary

@@ -1,0 +1,90 @@
+"""Decoder presets: pad token and last-non-pad pooling, left/right padding, a teacher and an
+adapter fine-tuned on tiny-llama-2l."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rightsizer.config import config_from_dict
+from rightsizer.models import PRESETS, load_classifier, load_saved
+
+from conftest import tiny_raw
+
+TEXTS = ["the screen is great", "the battery is very disappointing and the price is awful for what you get",
+         "it arrived on monday", "a quite reliable drone"]
+
+
+@pytest.fixture(scope="module")
+def demo_texts() -> list[str]:
+    from rightsizer.builtin_data import demo_rows
+
+    return [row["text"] for row in demo_rows(400)]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    from rightsizer.stages import prepare
+
+    out = tmp_path_factory.mktemp("decoders") / "data"
+    raw = tiny_raw()
+    raw["data"].update({"max_train_samples": 120, "max_eval_samples": 30})
+    prepare.run(config_from_dict(raw), out)
+    return out
+
+
+def logits_with_padding(model, tokenizer, side: str) -> np.ndarray:
+    tokenizer.padding_side = side
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()  # really padded
+    with torch.no_grad():
+        return model(**batch).logits.float().numpy()
+
+
+def single_logits(model, tokenizer) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(**tokenizer([t], return_tensors="pt")).logits.float().numpy() for t in TEXTS])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-2l", "tiny-gpt2-2l", "tiny-opt-2l"])
+def test_decoder_presets_pad_and_pool_the_last_real_token(name, demo_texts):
+    preset = PRESETS[name]
+    assert preset.decoder and preset.tokenizer == "bpe"
+    model, tokenizer = load_classifier(name, ["a", "b", "c"], demo_texts, seed=3)
+    model.eval()
+    assert tokenizer.pad_token == "<pad>" and model.config.pad_token_id == tokenizer.pad_token_id is not None
+    alone = single_logits(model, tokenizer)
+    right = logits_with_padding(model, tokenizer, "right")
+    np.testing.assert_allclose(right, alone, atol=1e-5)  # pooled at the last non-pad token
+    if name != "tiny-gpt2-2l":  # GPT-2's absolute positions assume right padding (the default we use)
+        np.testing.assert_allclose(logits_with_padding(model, tokenizer, "left"), alone, atol=1e-5)
+
+
+def test_teacher_and_adapter_on_tiny_llama(small_data, tmp_path):
+    """Sequence-classification fine-tune and a LoRA adapter on a Llama decoder; both reload and give the
+    same predictions under left and right padding."""
+    from rightsizer.stages import adapters, teacher
+
+    raw = tiny_raw(adapters=[{"name": "llama-lora", "method": "lora", "base": "llama", "max_steps": 6, "batch_size": 16,
+                              "learning_rate": 1e-2, "logging_steps": 1}])
+    raw["data"].update({"max_train_samples": 120, "max_eval_samples": 30})
+    raw["teachers"] = [{"name": "llama", "model": "tiny-llama-2l", "max_steps": 16, "batch_size": 16,
+                        "learning_rate": 3e-3, "logging_steps": 2}]
+    config = config_from_dict(raw)
+    taught = teacher.run(config, small_data, tmp_path / "teacher")
+    losses = json.loads((tmp_path / "teacher" / "metrics.json").read_text())["losses"]
+    assert losses[-1] < losses[0]
+    assert taught["params"] == taught["trainable_params"]
+    adapted = adapters.run(config, small_data, tmp_path / "adapter")
+    assert adapted["target_modules"] == ["q_proj", "v_proj"] and adapted["merge_check"]["agreement"] == 1.0
+    assert adapted["base_model"] == "tiny-llama-2l" and adapted["base_teacher"] == "llama"
+    for directory in (tmp_path / "teacher" / "model", tmp_path / "adapter" / "model", tmp_path / "adapter" / "adapter"):
+        model, tokenizer = load_saved(directory)
+        assert model.config.pad_token_id == tokenizer.pad_token_id
+        alone = single_logits(model, tokenizer)
+        np.testing.assert_allclose(logits_with_padding(model, tokenizer, "left"), alone, atol=1e-4)
+        np.testing.assert_allclose(logits_with_padding(model, tokenizer, "right"), alone, atol=1e-4)
