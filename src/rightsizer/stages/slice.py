@@ -1,0 +1,74 @@
+"""Stage: sliced fine-tune. The probed model cut after ``k`` layers, fine-tuned in full.
+
+The model named by ``probe.model`` (a teacher's pretrained model or a reference) keeps its
+embeddings, its first ``k`` blocks (and a decoder's final norm) and gets a fresh classification
+head (:func:`rightsizer.slicing.slice_model`); it is then trained like a teacher, with
+``rightsizer.train.fine_tune`` and the ``probe`` section's training options. The saved model's
+config says ``num_hidden_layers = k``, so it reloads with ``from_pretrained``. Candidate name:
+``<model>-L<k>``, kind ``slice``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from rightsizer.config import RunConfig
+from rightsizer.data import load_prepared
+from rightsizer.errors import UserError
+from rightsizer.launch import deepspeed_config
+from rightsizer.models import count_parameters
+from rightsizer.outputs import stage_output, write_json
+from rightsizer.slicing import family_of, layer_stack, slice_model
+from rightsizer.stages.probe import load_probed_model, probe_config, probe_reference, resolve_pooling, slice_name
+from rightsizer.train import fine_tune
+
+
+def slice_depth(config: RunConfig, layers: int | str | None, name: str | None) -> int:
+    """``layers``, else the ``k`` in a name ``<model>-L<k>`` (or a bare ``k``), else the first configured slice."""
+    if layers is not None and str(layers).strip():
+        text = str(layers).strip()
+    elif name:
+        match = re.fullmatch(r"(?:.*-L)?(\d+)", name.strip())
+        if not match:
+            raise UserError(f"slice name '{name}' must look like <model>-L<k> (e.g. {slice_name(config, 2)}) or be a layer count")
+        text = match.group(1)
+    else:
+        slices = probe_config(config).finetune_slices
+        if slices == "auto" or not slices:
+            raise UserError("which slice? probe.finetune_slices is 'auto' or empty: run the probe stage first, or give "
+                            f"the slice by name (--name {slice_name(config, 2)})")
+        text = str(slices[0])
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"slice depth must be a layer count >= 1, got '{text}'")
+    return int(text)
+
+
+def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers: int | str | None = None,
+        name: str | None = None, **fine_tune_kwargs) -> dict:
+    probe = probe_config(config)
+    depth = slice_depth(config, layers, name)
+    candidate = slice_name(config, depth)
+    dataset, card = load_prepared(data_dir)
+    with stage_output(output_dir, "slice", config, name=candidate) as out:
+        model, tokenizer = load_probed_model(config, dataset, card["label_names"])
+        family = family_of(model)
+        full_depth = len(layer_stack(model))
+        if family.decoder:  # the head pools the last non-pad token
+            resolve_pooling("last", model, tokenizer)
+        slice_model(model, depth)
+        params, trainable = count_parameters(model)
+        result = fine_tune(
+            model, tokenizer, dataset, probe, seed=config.seed, work_dir=out.work,
+            max_length=config.data.max_length, deepspeed=deepspeed_config(config.deepspeed), **fine_tune_kwargs,
+        )
+        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
+        write_json(out.work / "metrics.json", metrics)
+        out.summary.update({
+            "kind": "slice", "model": probe_reference(config), "family": family.name, "layers": depth,
+            "full_layers": full_depth, "params": params, "trainable_params": trainable,
+            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
+            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
+            "validation": result.eval_metrics,
+        })
+    return out.summary
