@@ -65,6 +65,7 @@ class TrainingOptions(Strict):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     logging_steps: int = Field(10, ge=1)
+    torch_compile: bool = Field(False, description="compile the model with torch.compile (pays off on GPUs for long runs)")
 
 
 class TeacherConfig(TrainingOptions):
@@ -214,6 +215,16 @@ class ResourceSpec(Strict):
     tolerations: list[dict[str, Any]] | None = None
     cache: bool | None = Field(None, description="KFP caching for the stage's tasks (default: off for training "
                                "stages, whose tasks have side effects, on for the rest)")
+    placement: Literal["auto", "off"] | None = Field(
+        None, description="auto: choose the ZeRO stage and gradient accumulation (and, with gpus: auto, the GPU count) "
+        "that fit GPU memory; the estimate and the choice go to summary.json (default: auto when gpus is 'auto')")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="memory per GPU to plan for (default: what the GPU "
+                                        "reports; 80 when the pipeline is compiled)")
+    max_gpus: int | None = Field(None, ge=1, le=64, description="most GPUs per pod that gpus: auto may pick (default 8)")
+    timeout_s: int | None = Field(None, ge=60, description="workers > 1: how long the TrainJob may take before it is "
+                                  "deleted and the stage fails (default 86400)")
+    trainjob_runtime: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                                         description="workers > 1: the Kubeflow Trainer runtime (default rightsizer-torch)")
 
     @field_validator("cpu", "memory", mode="before")
     @classmethod
@@ -245,6 +256,15 @@ class ResourcesConfig(Strict):
     probe: ResourceSpec = Field(default_factory=ResourceSpec)
     evaluate: ResourceSpec = Field(default_factory=ResourceSpec)
     report: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @model_validator(mode="after")
+    def _processes_match_gpus(self) -> "ResourcesConfig":
+        for stage in ("teachers", "students", "adapters", "probe"):
+            spec = self.for_stage(stage)
+            if isinstance(spec.gpus, int) and spec.gpus > 0 and spec.processes and spec.processes != spec.gpus:
+                raise ValueError(f"resources.{stage}: processes ({spec.processes}) must equal gpus ({spec.gpus}) — one "
+                                 "training process per GPU; set processes only with gpus: 0, to test on CPU")
+        return self
 
     def for_stage(self, stage: str) -> ResourceSpec:
         """The default spec overlaid with the stage's own keys."""
@@ -313,6 +333,18 @@ class RunConfig(Strict):
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed(cls, value: Any) -> Any:
+        """Check the shorthand now; a JSON path is read now, so the pipeline carries its content."""
+        from rightsizer.launch.deepspeed import deepspeed_config
+
+        try:
+            resolved = deepspeed_config(value)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return resolved if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":

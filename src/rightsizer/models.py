@@ -199,7 +199,10 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
         preset = PRESETS[reference]
         if train_texts is None:
             raise ValueError("a preset needs training texts for its tokenizer")
-        tokenizer = train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size)
+        from rightsizer.launch.local import same_on_every_rank
+
+        # tokenizer training is not deterministic across processes: under torchrun rank 0 trains it for all
+        tokenizer = same_on_every_rank(lambda: train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size))
         config = preset.build_config(len(tokenizer), tokenizer)
         config.num_labels = len(label_names)
         config.id2label, config.label2id = id2label, label2id

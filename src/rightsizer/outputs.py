@@ -37,7 +37,24 @@ def provenance(config=None) -> dict[str, Any]:
     return stamp
 
 
+def process_rank() -> int:
+    """This process's global rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _barrier() -> None:
+    """Wait for every rank, when this is one process of a distributed run."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
 def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically. In a multi-process run only rank 0 writes (the others return)."""
+    if process_rank() != 0:
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -61,7 +78,11 @@ def work_dir_for(final: Path) -> Path:
 
 @contextmanager
 def stage_output(output_dir: str | Path, stage: str, config=None, name: str | None = None):
-    """Yield a :class:`StageOutput`; on success write summary.json and move the work dir into place."""
+    """Yield a :class:`StageOutput`; on success write summary.json and move the work dir into place.
+
+    Under torchrun every rank shares the work dir (checkpoints need it) but only rank 0 finishes it: the
+    ranks meet at a barrier, then rank 0 writes summary.json and renames; the others leave it alone.
+    """
     final = Path(output_dir)
     if final.exists() and final.is_dir() and any(final.iterdir()) and not (final / "summary.json").exists():
         raise UserError(f"output directory '{final}' exists and is not a rightsizer stage output; choose another")
@@ -72,8 +93,12 @@ def stage_output(output_dir: str | Path, stage: str, config=None, name: str | No
     try:
         yield out
     except UserError:
-        shutil.rmtree(work, ignore_errors=True)
+        if process_rank() == 0:
+            shutil.rmtree(work, ignore_errors=True)
         raise
+    _barrier()
+    if process_rank() != 0:
+        return
     summary = {"stage": stage, "name": name, **out.summary, "duration_s": round(time.time() - started, 2),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **provenance(config)}
     write_json(work / "summary.json", summary)

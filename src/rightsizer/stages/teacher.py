@@ -1,4 +1,8 @@
-"""Stage: teacher training. Full fine-tune of one configured teacher (encoder or decoder)."""
+"""Stage: teacher training. Full fine-tune of one configured teacher (encoder or decoder).
+
+The same function runs on one device, as every rank of a torchrun launch, or on every node of a
+TrainJob: ``launch.dispatch`` decides from ``resources.teachers`` (and runs nothing twice).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from pathlib import Path
 
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
-from rightsizer.launch import deepspeed_config
+from rightsizer import launch
 from rightsizer.models import count_parameters, load_classifier
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.train import fine_tune, training_texts
@@ -14,13 +18,18 @@ from rightsizer.train import fine_tune, training_texts
 
 def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None, **fine_tune_kwargs) -> dict:
     teacher = config.teacher(name) if name else config.teachers[0]
+    launched = launch.dispatch("teacher", config, "teachers", output_dir, member=teacher, inputs={"data_dir": data_dir},
+                               in_process_only=bool(fine_tune_kwargs))
+    if launched is not None:
+        return launched
     dataset, card = load_prepared(data_dir)
     with stage_output(output_dir, "teacher", config, name=teacher.name) as out:
         model, tokenizer = load_classifier(teacher.model, card["label_names"], training_texts(dataset), config.seed)
         params, trainable = count_parameters(model)
+        plan = launch.prepare_training(config, "teachers", teacher, model)
         result = fine_tune(
-            model, tokenizer, dataset, teacher, seed=config.seed, work_dir=out.work,
-            max_length=config.data.max_length, deepspeed=deepspeed_config(config.deepspeed), **fine_tune_kwargs,
+            model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
+            max_length=config.data.max_length, deepspeed=plan.deepspeed, **fine_tune_kwargs,
         )
         metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
         write_json(out.work / "metrics.json", metrics)
@@ -28,6 +37,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             "kind": "teacher", "model": teacher.model, "params": params, "trainable_params": trainable,
             "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
             "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics,
+            "validation": result.eval_metrics, **plan.summary,
+            **({"throughput": result.extra["throughput"]} if "throughput" in result.extra else {}),
         })
     return out.summary

@@ -109,6 +109,9 @@ def fine_tune(
     interval = checkpoint_steps or min(steps_per_epoch, total_steps)
     on_gpu = torch.cuda.is_available()
     bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    # several nodes: each keeps its checkpoints on its own disk (no shared filesystem between pods)
+    multi_node = world > int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
 
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -138,12 +141,24 @@ def fine_tune(
         dataloader_pin_memory=on_gpu,
         bf16=bf16,
         optim="adamw_torch_fused" if on_gpu else "adamw_torch",
+        torch_compile=bool(getattr(options, "torch_compile", False)),
         deepspeed=deepspeed,
+        use_cpu=not on_gpu,  # torchrun on CPU: gloo DDP (accelerate only goes multi-CPU when told it is on CPU)
+        ddp_backend="gloo" if world > 1 and not on_gpu else None,
+        save_on_each_node=multi_node,
         disable_tqdm=os.environ.get("RIGHTSIZER_QUIET") == "1",
         remove_unused_columns=True,
     )
     (work_dir / "tb").mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(log_dir=str(work_dir / "tb"))
+    writer = SummaryWriter(log_dir=str(work_dir / "tb")) if rank_zero else None  # one event file, from rank 0
+    meter = None
+    if on_gpu:  # tokens/s and MFU, logged and summarised (rightsizer.launch.mfu)
+        from rightsizer.launch.mfu import meter_callback
+
+        meter = meter_callback(model, train_set["length"], samples_per_step=per_step, gpus=world, bf16=bf16)
+    extra_callbacks = [meter] if meter is not None else []
+    if writer is not None:
+        extra_callbacks.append(TensorBoardCallback(tb_writer=writer))
     trainer_cls = trainer_cls or Trainer
     trainer = trainer_cls(
         model=model,
@@ -153,7 +168,7 @@ def fine_tune(
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu else None),
         compute_metrics=_compute_metrics,
-        callbacks=[TensorBoardCallback(tb_writer=writer), *(callbacks or [])],
+        callbacks=[*extra_callbacks, *(callbacks or [])],
         **(trainer_kwargs or {}),
     )
     # Classification heads average their loss themselves and ignore `num_items_in_batch`; without this
@@ -164,14 +179,18 @@ def fine_tune(
     try:
         output = trainer.train(resume_from_checkpoint=resume)
     finally:
-        writer.flush()
+        if writer is not None:
+            writer.flush()
     train_time = time.perf_counter() - started
     eval_metrics = trainer.evaluate()
     tokens = _tokens_seen(train_set, output.global_step, per_step)
-    if save_model and trainer.is_world_process_zero():
+    if save_model:
+        # every rank calls save_model (ZeRO-3 gathers the weights collectively); only rank 0 writes
         trainer.save_model(str(work_dir / "model"))
-        tokenizer.save_pretrained(str(work_dir / "model"))
-    writer.close()
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(work_dir / "model"))
+    if writer is not None:
+        writer.close()
     samples = output.global_step * per_step
     return FineTuneResult(
         train_metrics=dict(output.metrics),
@@ -182,7 +201,7 @@ def fine_tune(
         tokens_per_s=round(tokens / train_time, 1) if train_time > 0 else 0.0,
         steps=output.global_step,
         resumed_from=resume,
-        extra={"trainer": trainer},
+        extra={"trainer": trainer, **({"throughput": meter.rate().summary()} if meter is not None else {})},
     )
 
 
