@@ -145,18 +145,16 @@ def test_every_method_trains_reloads_and_merges(method, small_data, tmp_path):
     assert read_json(out / "summary.json")["name"] == f"ad-{method}"
 
 
-def test_lora_learns_and_adaptalora_schedule(small_data, tmp_path):
-    """A longer LoRA run on all linear layers lowers the loss; AdaLoRA gets the planned step count."""
+def test_all_linear_targets_and_planned_steps(small_data, tmp_path):
+    """'all-linear' adapts every linear layer but the head; AdaLoRA's schedule gets fine_tune's step count."""
     from rightsizer.stages import adapters
 
     config = config_from_dict(adapter_raw({"name": "lora-all", "method": "lora", "target_modules": "all-linear",
-                                           "max_steps": 24, "learning_rate": 1e-2, "r": 4}))
+                                           "max_steps": 2, "r": 4}))
     summary = adapters.run(config, small_data, tmp_path / "lora")
-    losses = json.loads((tmp_path / "lora" / "metrics.json").read_text())["losses"]
-    assert np.mean(losses[-6:]) < np.mean(losses[:3])
-    assert {"query", "key", "value", "dense"} <= set(m.rsplit(".", 1)[-1] for m in summary["target_modules"])
+    assert {"query", "key", "value", "dense"} == {m.rsplit(".", 1)[-1] for m in summary["target_modules"]}
     assert not any("classifier" in m for m in summary["target_modules"])
-    assert adapters.planned_steps(96, config.adapters[0]) == 24
+    assert summary["steps"] == 2 and adapters.planned_steps(96, config.adapters[0]) == 2
     config.adapters[0].max_steps = None
     config.adapters[0].epochs = 2
     assert adapters.planned_steps(96, config.adapters[0]) == 12  # ceil(96 / 16) * 2

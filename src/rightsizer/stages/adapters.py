@@ -83,10 +83,17 @@ def check_targets(model, adapter: AdapterConfig, method: AdapterMethod) -> None:
                                 f"add {', '.join(repr(m) for m in outside)}")
 
 
-def build_adapter(model, tokenizer, adapter: AdapterConfig, total_steps: int, tokenizer_dir: str | None = None,
-                  max_length: int = 32):
-    """Wrap ``model`` with ``adapter``'s method; user-fixable incompatibilities raise UserError."""
+def peft_config_for(model, adapter: AdapterConfig, total_steps: int, tokenizer_dir: str | None = None):
+    """The checked peft config for ``adapter`` on ``model``'s architecture; user mistakes raise UserError.
+
+    The config is tried on a weightless copy of the architecture (meta device), so a method peft
+    cannot apply fails here, before anything is written or a byte of weights is copied.
+    """
+    import copy
+
+    import torch
     from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification
 
     method = METHODS[adapter.method]
     arch = type(model).__name__
@@ -98,15 +105,28 @@ def build_adapter(model, tokenizer, adapter: AdapterConfig, total_steps: int, to
         peft_config = method.build(spec)
     except (ValueError, TypeError) as exc:
         raise UserError(f"adapter '{adapter.name}' ({adapter.method}): {_first_line(exc)}") from None
+    with torch.device("meta"):
+        shadow = AutoModelForSequenceClassification.from_config(model.config)
     try:
-        peft_model = get_peft_model(model, peft_config)
+        get_peft_model(shadow, copy.deepcopy(peft_config))
     except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
         message = _first_line(exc)
         if "target_modules" in message:
             message += f"; {arch}'s linear modules are: {_linear_list(model)}"
         raise UserError(f"adapter '{adapter.name}': peft cannot apply {adapter.method} to {arch}: {message}") from None
-    if method.prompt_learning:
-        _dry_run(peft_model, tokenizer, adapter, arch, max_length)
+    return peft_config
+
+
+def build_adapter(model, tokenizer, adapter: AdapterConfig, total_steps: int, tokenizer_dir: str | None = None,
+                  max_length: int = 32, peft_config=None):
+    """Wrap ``model`` with ``adapter``'s method (head trained and saved with it); UserError when it cannot."""
+    from peft import get_peft_model
+
+    if peft_config is None:
+        peft_config = peft_config_for(model, adapter, total_steps, tokenizer_dir)
+    peft_model = get_peft_model(model, peft_config)
+    if METHODS[adapter.method].prompt_learning:
+        _dry_run(peft_model, tokenizer, adapter, type(model).__name__, max_length)
     return peft_model
 
 
@@ -164,15 +184,17 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         model, tokenizer = load_classifier(reference, card["label_names"], training_texts(dataset), config.seed)
         base_params, _ = count_parameters(model)
         adapter_dir, model_dir = out.work / "adapter", out.work / "model"
+        total_steps = planned_steps(len(dataset["train"]), adapter)
+        tokenizer.save_pretrained(str(adapter_dir))  # prompt tuning initialised from text reads it
+        peft_config = peft_config_for(model, adapter, total_steps, str(adapter_dir))  # checked before any output
         save_base = describe(reference) != "hub"
         if save_base:  # presets (random init from the seed) and local dirs: keep the exact frozen base
             model.save_pretrained(str(adapter_dir / "base"))
             tokenizer.save_pretrained(str(adapter_dir / "base"))
-        tokenizer.save_pretrained(str(adapter_dir))
         pair = "text_pair" in dataset["train"].column_names
         tokenized = tokenize(dataset, tokenizer, config.data.max_length, pair)
-        total_steps = planned_steps(len(tokenized["train"]), adapter)
-        peft_model = build_adapter(model, tokenizer, adapter, total_steps, str(adapter_dir), config.data.max_length)
+        peft_model = build_adapter(model, tokenizer, adapter, total_steps, str(adapter_dir), config.data.max_length,
+                                   peft_config=peft_config)
         # empty while training: peft would look a saved base's name up on the Hub at every checkpoint
         peft_model.peft_config["default"].base_model_name_or_path = None if save_base else reference
         adapted = getattr(peft_model.peft_config["default"], "target_modules", None)
