@@ -65,11 +65,18 @@ def apply_resources(task, config: RunConfig, stage: str):
         task.set_env_variable(key, value)
     # training tasks have side effects (checkpoints, TrainJobs, uploads): uncached unless asked for
     task.set_caching_options(spec.cache if spec.cache is not None else stage not in TRAINING_STAGES)
+    if stage in TRAINING_STAGES and (spec.workers or 1) > 1:
+        # the task is a TrainJob launcher (rightsizer.launch.trainjob): the resources, node selector and
+        # tolerations go to the TrainJob's nodes; this pod only stages data, waits and collects; never cached
+        task.set_caching_options(False)
+        return task.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("2Gi")
     if spec.cpu:
         task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu)
     if spec.memory:
         task.set_memory_request(spec.memory).set_memory_limit(spec.memory)
-    gpus = spec.gpus if isinstance(spec.gpus, int) else 1
+    from rightsizer.launch.placement import planned_gpus
+
+    gpus = planned_gpus(config, stage) if stage in TRAINING_STAGES else (spec.gpus if isinstance(spec.gpus, int) else 1)
     if gpus and gpus > 0:
         task.set_accelerator_type(spec.gpu_type or "nvidia.com/gpu").set_accelerator_limit(gpus)
     if stage in TRAINING_STAGES or stage == "evaluate":

@@ -95,7 +95,7 @@ def dispatch(stage: str, config, stage_key: str, output_dir: str | Path, *, memb
         return run_processes(stage, config, output_dir, ordered, name=name, processes=plan.processes)
     from rightsizer.launch.trainjob import run_trainjob
 
-    return run_trainjob(stage, config, stage_key, output_dir, ordered, name=name, plan=plan)
+    return run_trainjob(stage, config, stage_key, output_dir, ordered, name=name)
 
 
 def _ordered_inputs(stage: str, inputs: dict[str, Any]) -> list[Path]:

@@ -70,8 +70,9 @@ def run_torchrun(command: list[str], log_dir: Path, *, env: dict[str, str], what
 
 
 @contextlib.contextmanager
-def _terminate_on_signal(process: subprocess.Popen):
-    """SIGTERM (a cancelled pipeline task, a deleted pod) or Ctrl-C stop torchrun and its workers too."""
+def sigterm_raises():
+    """In the main thread, SIGTERM (a cancelled pipeline task, a deleted pod) raises KeyboardInterrupt,
+    so cleanup in ``except``/``finally`` runs as it does for Ctrl-C."""
     previous = None
 
     def on_term(signum, frame):
@@ -81,18 +82,26 @@ def _terminate_on_signal(process: subprocess.Popen):
         previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
-    except BaseException:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # torchrun forwards it to every worker
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _terminate_on_signal(process: subprocess.Popen):
+    """SIGTERM or Ctrl-C stop torchrun and its workers too."""
+    with sigterm_raises():
+        try:
+            yield
+        except BaseException:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # torchrun forwards it to every worker
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            raise
 
 
 def rank_logs(log_dir: Path) -> dict[int, str]:

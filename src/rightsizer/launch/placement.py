@@ -198,3 +198,36 @@ def choose_placement(shape: ModelShape, *, batch_size: int, seq_len: int, gpu_me
             f"more than {USABLE_FRACTION:.0%} of {gpu_memory_gb:g} GiB; use more or larger GPUs, a shorter "
             "data.max_length, or deepspeed offload_optimizer: cpu")
     return best[1]
+
+
+def stage_models(config, stage_key: str) -> list[tuple[str, int]]:
+    """(model reference, per-device batch) of everything a training stage trains; a student or adapter is
+    estimated as its teacher / base model trained in full (an upper bound)."""
+    teachers = {t.name: t.model for t in config.teachers}
+    first = config.teachers[0].model if config.teachers else None
+    if stage_key == "teachers":
+        return [(t.model, t.batch_size) for t in config.teachers]
+    if stage_key == "students":
+        return [(s.model or teachers.get(s.teacher or "", first), s.batch_size) for s in config.students
+                if s.model or first]
+    if stage_key == "adapters":
+        return [(teachers.get(a.base, a.base), a.batch_size) for a in config.adapters]
+    if stage_key == "probe" and config.probe is not None:
+        return [(teachers.get(config.probe.model, config.probe.model), config.probe.batch_size)]
+    return []
+
+
+def planned_gpus(config, stage_key: str) -> int:
+    """GPUs per pod for ``resources.<stage_key>``: the number given, or for ``gpus: auto`` the fewest that
+    fit the largest model of the stage in ``gpu_memory_gb`` (default 80) — decided when the pipeline is built,
+    since a pod's GPU count cannot change once it is scheduled."""
+    spec = config.resources.for_stage(stage_key)
+    if spec.gpus != "auto":
+        return int(spec.gpus or 0)
+    counts = [1]
+    for reference, batch_size in stage_models(config, stage_key):
+        choice = choose_placement(shape_of_reference(reference), batch_size=batch_size, seq_len=config.data.max_length,
+                                  gpu_memory_gb=spec.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB,
+                                  max_gpus=spec.max_gpus or DEFAULT_MAX_GPUS, nodes=spec.workers or 1)
+        counts.append(choice.gpus)
+    return max(counts)
