@@ -464,6 +464,7 @@ def _fmt_percent(value: float | None) -> str:
     return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
 
 
+FIGURE_CAPTIONS = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
 TABLE_COLUMNS = ("rank", "candidate", "kind", "accuracy", "macro-F1", "latency p50 (ms)", "p95 (ms)", "throughput (/s)",
                  "params", "trainable", "size (MB)", "train time (s)", "Pareto")
 
@@ -517,8 +518,7 @@ def render_markdown(report: dict, rows: list[dict], card: dict, figures: dict[st
                   "|---|---:|---|---:|---:|"]
         lines += [f"| {e['student']} | {e['student_score']:.4f} | {e['control']} | {e['control_score']:.4f} | {e['gain_points']:+.1f} |"
                   for e in report["distillation"]] + [""]
-    captions = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
-    for key, caption in captions.items():
+    for key, caption in FIGURE_CAPTIONS.items():
         if key in figures:
             lines += [f"## {caption}", "", f"![{caption}]({figures[key]})", ""]
     return "\n".join(lines)
@@ -578,8 +578,7 @@ def render_html(report: dict, rows: list[dict], card: dict, figures: dict[str, P
         parts += [f'<tr><td class="l">{e(x["student"])}</td><td>{x["student_score"]:.4f}</td><td class="l">{e(x["control"])}</td>'
                   f'<td>{x["control_score"]:.4f}</td><td>{x["gain_points"]:+.1f}</td></tr>' for x in report["distillation"]]
         parts.append("</tbody></table>")
-    captions = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
-    for key, caption in captions.items():
+    for key, caption in FIGURE_CAPTIONS.items():
         if key in figures:
             parts.append(f'<h2>{caption}</h2><img alt="{caption}" src="{_embed(figures[key])}">')
     parts.append(f'<p class="muted">rightsizer {e(__version__)} · {e(time.strftime("%Y-%m-%d %H:%M"))}</p></body></html>')
