@@ -18,18 +18,19 @@ adapter. Outputs:
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from rightsizer import launch
 from rightsizer.adapters_registry import METHODS, AdapterMethod, AdapterSpec, linear_modules, missing_targets
 from rightsizer.config import AdapterConfig, RunConfig
 from rightsizer.data import load_prepared, tokenize
 from rightsizer.errors import UserError
 from rightsizer.inference import predict_logits
-from rightsizer.launch import deepspeed_config
 from rightsizer.models import count_parameters, describe, load_classifier, load_saved
-from rightsizer.outputs import stage_output, write_json
+from rightsizer.outputs import process_rank, stage_output, write_json
 from rightsizer.train import fine_tune, training_texts
 from rightsizer.train.memory import PeakMemory
 
@@ -172,63 +173,79 @@ def _compare(reference: np.ndarray, other: np.ndarray) -> dict:
             "agreement": float((reference.argmax(-1) == other.argmax(-1)).mean()) if len(reference) else 1.0}
 
 
+def _save_and_check(trained, tokenizer, rows, config: RunConfig, adapter: AdapterConfig, method: AdapterMethod,
+                    adapter_dir: Path, model_dir: Path, base_name: str) -> tuple[dict, dict | None]:
+    """Save the adapter, reload it, merge it; each must predict like the trained model."""
+    reference_logits = _logits(trained, tokenizer, rows, config, adapter.eval_batch_size)
+    trained.peft_config["default"].base_model_name_or_path = base_name
+    trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+    tokenizer.save_pretrained(str(adapter_dir))
+    reloaded, _ = load_saved(adapter_dir)
+    reload_check = _compare(reference_logits, _logits(reloaded, tokenizer, rows, config, adapter.eval_batch_size))
+    del reloaded
+    if reload_check["max_abs_diff"] > RELOAD_TOLERANCE:
+        raise RuntimeError(f"adapter '{adapter.name}': the reloaded adapter predicts differently from the trained "
+                           f"model ({reload_check}); was the head saved?")
+    if not method.mergeable:
+        shutil.copytree(adapter_dir, model_dir)
+        return reload_check, None
+    merged = trained.merge_and_unload()
+    merged.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    merge_check = _compare(reference_logits, _logits(merged, tokenizer, rows, config, adapter.eval_batch_size))
+    if merge_check["max_abs_diff"] > MERGE_TOLERANCE:
+        raise RuntimeError(f"adapter '{adapter.name}': merged and unmerged predictions differ ({merge_check})")
+    return reload_check, merge_check
+
+
 def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None,
         **fine_tune_kwargs) -> dict:
     if not config.adapters:
         raise UserError("the config has no adapters; add an 'adapters:' section")
     adapter = config.adapter(name) if name else config.adapters[0]
     method = METHODS[adapter.method]
+    # several GPUs / nodes: this call launches the ranks (each runs this function) and returns their summary
+    launched = launch.dispatch("adapters", config, "adapters", output_dir, member=adapter,
+                               inputs={"data_dir": data_dir}, in_process_only=bool(fine_tune_kwargs))
+    if launched is not None:
+        return launched
     reference, teacher_name = base_reference(config, adapter.base)
     dataset, card = load_prepared(data_dir)
-    with stage_output(output_dir, "adapters", config, name=adapter.name) as out:
+    rank_zero = process_rank() == 0
+    with stage_output(output_dir, "adapters", config, name=adapter.name) as out, \
+            tempfile.TemporaryDirectory(prefix="rightsizer-tokenizer-") as tokenizer_dir:
         model, tokenizer = load_classifier(reference, card["label_names"], training_texts(dataset), config.seed)
         base_params, _ = count_parameters(model)
         adapter_dir, model_dir = out.work / "adapter", out.work / "model"
         total_steps = planned_steps(len(dataset["train"]), adapter)
-        tokenizer.save_pretrained(str(adapter_dir))  # prompt tuning initialised from text reads it
-        peft_config = peft_config_for(model, adapter, total_steps, str(adapter_dir))  # checked before any output
+        tokenizer.save_pretrained(tokenizer_dir)  # prompt tuning initialised from text reads it
+        peft_config = peft_config_for(model, adapter, total_steps, tokenizer_dir)  # checked before any output
         save_base = describe(reference) != "hub"
-        if save_base:  # presets (random init from the seed) and local dirs: keep the exact frozen base
+        if save_base and rank_zero:  # presets (random init from the seed) and local dirs: keep the exact frozen base
             model.save_pretrained(str(adapter_dir / "base"))
             tokenizer.save_pretrained(str(adapter_dir / "base"))
         pair = "text_pair" in dataset["train"].column_names
         tokenized = tokenize(dataset, tokenizer, config.data.max_length, pair)
-        peft_model = build_adapter(model, tokenizer, adapter, total_steps, str(adapter_dir), config.data.max_length,
+        peft_model = build_adapter(model, tokenizer, adapter, total_steps, tokenizer_dir, config.data.max_length,
                                    peft_config=peft_config)
         # empty while training: peft would look a saved base's name up on the Hub at every checkpoint
         peft_model.peft_config["default"].base_model_name_or_path = None if save_base else reference
         adapted = getattr(peft_model.peft_config["default"], "target_modules", None)
         params, trainable = count_parameters(peft_model)
+        plan = launch.prepare_training(config, "adapters", adapter, peft_model)
         callbacks = [RankAllocation(peft_model)] if method.needs_rank_allocation else []
         with PeakMemory() as memory:
             result = fine_tune(
-                peft_model, tokenizer, dataset, adapter, seed=config.seed, work_dir=out.work,
-                max_length=config.data.max_length, deepspeed=deepspeed_config(config.deepspeed),
+                peft_model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
+                max_length=config.data.max_length, deepspeed=plan.deepspeed,
                 callbacks=callbacks, save_model=False, tokenized=tokenized, **fine_tune_kwargs)
-        trained = result.extra["trainer"].model
-        trained.eval()
-        rows = dataset["validation"].select(range(min(CHECK_ROWS, len(dataset["validation"]))))
-        reference_logits = _logits(trained, tokenizer, rows, config, adapter.eval_batch_size)
-
-        trained.peft_config["default"].base_model_name_or_path = "base" if save_base else reference
-        trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
-        reloaded, _ = load_saved(adapter_dir)
-        reload_check = _compare(reference_logits, _logits(reloaded, tokenizer, rows, config, adapter.eval_batch_size))
-        del reloaded
-        if reload_check["max_abs_diff"] > RELOAD_TOLERANCE:
-            raise RuntimeError(f"adapter '{adapter.name}': the reloaded adapter predicts differently from the trained "
-                               f"model ({reload_check}); was the head saved?")
-        merge_check = None
-        if method.mergeable:
-            merged = trained.merge_and_unload()
-            merged.save_pretrained(str(model_dir))
-            tokenizer.save_pretrained(str(model_dir))
-            merge_check = _compare(reference_logits, _logits(merged, tokenizer, rows, config, adapter.eval_batch_size))
-            if merge_check["max_abs_diff"] > MERGE_TOLERANCE:
-                raise RuntimeError(f"adapter '{adapter.name}': merged and unmerged predictions differ ({merge_check})")
-        else:
-            shutil.copytree(adapter_dir, model_dir)
-
+        reload_check = merge_check = None
+        if rank_zero:
+            trained = result.extra["trainer"].model
+            trained.eval()
+            rows = dataset["validation"].select(range(min(CHECK_ROWS, len(dataset["validation"]))))
+            reload_check, merge_check = _save_and_check(trained, tokenizer, rows, config, adapter, method, adapter_dir,
+                                                        model_dir, "base" if save_base else reference)
         metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
         write_json(out.work / "metrics.json", metrics)
         out.summary.update({
@@ -241,6 +258,6 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             **memory.as_summary(),
             "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
             "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics,
+            "validation": result.eval_metrics, **plan.summary,
         })
     return out.summary
