@@ -305,7 +305,11 @@ def presets() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer (non-standalone) turns Ctrl-C / SIGTERM into Exit(130) and returns the code
+            print("error: interrupted", file=sys.stderr)
+        if isinstance(code, int) and code:
+            return code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
