@@ -136,6 +136,18 @@ class ProbeConfig(TrainingOptions):
     pooling: Literal["auto", "cls", "mean", "last"] = "auto"
     max_probe_samples: int | None = Field(None, ge=10, description="subsample train for the linear probes")
 
+    @field_validator("layers", "finetune_slices")
+    @classmethod
+    def _depths(cls, value: Any, info) -> Any:
+        if isinstance(value, list):
+            if info.field_name == "layers" and not value:
+                raise ValueError("give at least one layer depth, or 'all'")
+            if any(v < 1 for v in value):
+                raise ValueError(f"layer depths count blocks from the embeddings: use 1..number of layers, got {value}")
+            if len(set(value)) != len(value):
+                raise ValueError(f"repeated layer depths in {value}")
+        return value
+
 
 class PromptingConfig(Strict):
     model: str | list[str] | None = Field(
@@ -364,6 +376,15 @@ class RunConfig(Strict):
                     f"student '{student.name}': teacher '{student.teacher}' is not a configured teacher "
                     f"({one_of(teacher_names)})"
                 )
+        if self.probe is not None:
+            if self.probe.model == "teacher" and "teacher" not in teacher_names:
+                raise ValueError(f"probe.model 'teacher' names no configured teacher ({one_of(teacher_names) or 'none'}); "
+                                 "give a teacher name or a model reference")
+            if isinstance(self.probe.finetune_slices, list):
+                base = self.probe.model.rstrip("/").rsplit("/", 1)[-1]
+                clash = sorted({f"{base}-L{k}" for k in self.probe.finetune_slices} & set(names))
+                if clash:
+                    raise ValueError(f"slice candidate names clash with other candidates: {', '.join(clash)}")
         return self
 
     @model_validator(mode="after")

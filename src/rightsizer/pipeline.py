@@ -24,6 +24,8 @@ TRAINING_STAGES = ("teachers", "students", "adapters", "probe")
 class Components:
     prepare: object
     teacher: object
+    probe: object
+    slice: object
     evaluate: object
     report: object
     adapter: object
@@ -34,12 +36,14 @@ def load_components(image: str) -> "Components":
     """The project's components, re-wrapped with ``image`` as their base image."""
     from kfp import dsl
 
-    from rightsizer_components import adapters, evaluate, prepare, prompting, report, teacher
+    from rightsizer_components import adapters, evaluate, prepare, probe, prompting, report, teacher
+    from rightsizer_components import slice as slice_component
 
     def wrap(component):
         return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
-    return Components(prepare=wrap(prepare.prepare), teacher=wrap(teacher.teacher), evaluate=wrap(evaluate.evaluate),
+    return Components(prepare=wrap(prepare.prepare), teacher=wrap(teacher.teacher), probe=wrap(probe.probe),
+                      slice=wrap(slice_component.slice_model), evaluate=wrap(evaluate.evaluate),
                       report=wrap(report.report), adapter=wrap(adapters.adapter), prompting=wrap(prompting.prompting))
 
 
@@ -119,6 +123,20 @@ def build_pipeline(config: RunConfig):
                                         candidate=teach.outputs["model"])
                 apply_resources(scored, config, "evaluate").set_display_name("evaluate-teacher")
             report_inputs["teacher_metrics"] = dsl.Collected(scored.outputs["metrics"])
+        if config.probe is not None:
+            # runs beside the teachers; returns the slice depths (finetune_slices, 'auto' resolved from
+            # its scores at run time), so the slice loop iterates over a task output
+            probed = apply_resources(parts.probe(config_json=config_json, data=data), config, "probe")
+            probed.set_display_name("probe")
+            report_inputs["probe"] = probed.outputs["probe"]
+            if config.probe.finetune_slices:
+                with dsl.ParallelFor(probed.outputs["Output"], name="slices") as depth:
+                    sliced = parts.slice(config_json=config_json, layers=depth, data=data)
+                    apply_resources(sliced, config, "probe").set_display_name("slice")
+                    scored = parts.evaluate(config_json=config_json, name="", kind="slice", data=data,
+                                            candidate=sliced.outputs["model"])  # name from the slice's summary
+                    apply_resources(scored, config, "evaluate").set_display_name("evaluate-slice")
+                report_inputs["slice_metrics"] = dsl.Collected(scored.outputs["metrics"])
         if adapter_names:
             # adapters start from pretrained bases, so they run beside the teachers, one task each
             with dsl.ParallelFor(adapter_names, name="adapters") as adapter_name:
