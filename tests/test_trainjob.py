@@ -436,3 +436,46 @@ def test_two_node_trainjob_trains_and_its_output_is_collected(s3, cluster, tiny_
     assert fake.deleted == [name]
     uploaded = {o.key.rsplit("/", 1)[-1] for o in store.list(f"s3://rightsizer/runs/test/trainjobs/{name}/output")}
     assert {"summary.json", "metrics.json", "model.safetensors"} <= uploaded
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled pipeline: with workers > 1 the teacher task is the launcher
+
+
+def _compiled(tmp_path, overrides: list[str]):
+    from rightsizer.cli import main
+
+    out = tmp_path / "pipeline.yaml"
+    assert main(["compile", str(REPO / "examples" / "demo.yaml"), "-o", str(out), *overrides]) == 0
+    spec, platform = list(yaml.safe_load_all(out.read_text()))
+    executors = spec["deploymentSpec"]["executors"]
+    teacher = next(v for k, v in executors.items() if k == "exec-teacher" or k.startswith("exec-teacher-"))
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    task = next(t for t in tasks.values() if t["componentRef"]["name"] == "comp-teacher")
+    return teacher, task, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-teacher"]
+
+
+def test_workers_two_compiles_the_teacher_task_into_an_uncached_launcher(tmp_path):
+    sets = ["--set", "resources.teachers.workers=2", "--set", "resources.teachers.gpus=4",
+            "--set", "resources.teachers.cache=true", "--set", "resources.teachers.tolerations=[{key: gpu}]"]
+    teacher, task, platform = _compiled(tmp_path, sets)
+    resources = teacher["container"]["resources"]
+    assert "accelerator" not in resources  # the GPUs go to the TrainJob's nodes, not to the launcher pod
+    assert resources["resourceCpuRequest"] == "1" and resources["resourceMemoryLimit"] == "2Gi"
+    assert task["cachingOptions"] in ({}, {"enableCache": False})  # never cached, even when asked
+    assert {k["envVar"] for k in platform["secretAsEnv"][0]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert "tolerations" not in platform  # they go to the TrainJob too
+
+
+def test_gpus_auto_is_planned_when_the_pipeline_is_compiled(tmp_path):
+    from transformers import BertConfig
+
+    model = tmp_path / "bert-large"
+    BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096).save_pretrained(model)
+    common = ["--set", f"teachers.0.model={model}", "--set", "data.max_length=512", "--set", "resources.teachers.gpus=auto"]
+    roomy, _, _ = _compiled(tmp_path, [*common, "--set", "resources.teachers.gpu_memory_gb=80"])
+    assert roomy["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    small, _, _ = _compiled(tmp_path, [*common, "--set", "resources.teachers.gpu_memory_gb=4"])
+    assert int(small["container"]["resources"]["accelerator"]["resourceCount"]) > 1
