@@ -83,6 +83,9 @@ class StudentConfig(TrainingOptions):
     hidden_weight: float = Field(0.0, ge=0, description="hidden-state MSE weight")
     layer_map: dict[int, int] | None = Field(None, description="student layer -> teacher layer")
     teacher_weighting: Literal["mean", "val_score"] = "mean"
+    teacher_logits: Literal["auto", "cached", "online"] = Field(
+        "auto", description="cached: teachers run once over train, logits reused every epoch; online: teachers run "
+        "every step; auto: cached unless hidden_weight > 0 (hidden-state matching needs online)")
     control: bool = Field(True, description="also train the student on the data alone (alpha = 0)")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
 
@@ -96,7 +99,20 @@ class StudentConfig(TrainingOptions):
             not self.from_teacher_layers or any(i < 0 for i in self.from_teacher_layers)
         ):
             raise ValueError("from_teacher_layers must be a non-empty list of layer indices >= 0")
+        if self.layer_map is not None:
+            if self.hidden_weight == 0:
+                raise ValueError("layer_map only matters for hidden-state matching; set hidden_weight > 0 or drop it")
+            if not self.layer_map or any(k < 0 or v < 0 for k, v in self.layer_map.items()):
+                raise ValueError("layer_map must map student layer indices >= 0 to teacher layer indices >= 0")
+        if self.hidden_weight > 0 and self.teacher_logits == "cached":
+            raise ValueError("hidden_weight > 0 needs the teachers' hidden states every step; "
+                             "set teacher_logits: online (or auto)")
         return self
+
+    @property
+    def online(self) -> bool:
+        """Whether the teachers run on every training step instead of from cached logits."""
+        return self.teacher_logits == "online" or (self.teacher_logits == "auto" and self.hidden_weight > 0)
 
 
 class AdapterConfig(TrainingOptions):

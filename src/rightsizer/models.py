@@ -187,8 +187,13 @@ def _unknown(reference: str, reason: str) -> UserError:
     )
 
 
-def load_classifier(reference: str, label_names: list[str], train_texts: Iterable[str] | None = None, seed: int = 0):
-    """A sequence classifier and its tokenizer for ``reference``, with a head for ``label_names``."""
+def load_classifier(reference: str, label_names: list[str], train_texts: Iterable[str] | None = None, seed: int = 0,
+                    tokenizer=None):
+    """A sequence classifier and its tokenizer for ``reference``, with a head for ``label_names``.
+
+    ``tokenizer`` (presets only): build the preset on this tokenizer instead of training one, e.g. a
+    student that must tokenize exactly like its teachers.
+    """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -197,12 +202,13 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
     kind = describe(reference)
     if kind == "preset":
         preset = PRESETS[reference]
-        if train_texts is None:
-            raise ValueError("a preset needs training texts for its tokenizer")
-        from rightsizer.launch.local import same_on_every_rank
+        if tokenizer is None:
+            if train_texts is None:
+                raise ValueError("a preset needs training texts for its tokenizer")
+            from rightsizer.launch.local import same_on_every_rank
 
-        # tokenizer training is not deterministic across processes: under torchrun rank 0 trains it for all
-        tokenizer = same_on_every_rank(lambda: train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size))
+            # tokenizer training is not deterministic across processes: under torchrun rank 0 trains it for all
+            tokenizer = same_on_every_rank(lambda: train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size))
         config = preset.build_config(len(tokenizer), tokenizer)
         config.num_labels = len(label_names)
         config.id2label, config.label2id = id2label, label2id

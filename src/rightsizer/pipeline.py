@@ -28,6 +28,8 @@ class Components:
     slice: object
     evaluate: object
     report: object
+    teacher_logits: object
+    distill: object
     adapter: object
     prompting: object
 
@@ -37,6 +39,7 @@ def load_components(image: str) -> "Components":
     from kfp import dsl
 
     from rightsizer_components import adapters, evaluate, prepare, probe, prompting, report, teacher
+    from rightsizer_components import distill, teacher_logits
     from rightsizer_components import slice as slice_component
 
     def wrap(component):
@@ -44,7 +47,8 @@ def load_components(image: str) -> "Components":
 
     return Components(prepare=wrap(prepare.prepare), teacher=wrap(teacher.teacher), probe=wrap(probe.probe),
                       slice=wrap(slice_component.slice_model), evaluate=wrap(evaluate.evaluate),
-                      report=wrap(report.report), adapter=wrap(adapters.adapter), prompting=wrap(prompting.prompting))
+                      report=wrap(report.report), adapter=wrap(adapters.adapter), prompting=wrap(prompting.prompting),
+                      teacher_logits=wrap(teacher_logits.teacher_logits), distill=wrap(distill.distill))
 
 
 def image_for(config: RunConfig) -> str:
@@ -107,6 +111,7 @@ def build_pipeline(config: RunConfig):
     parts = load_components(image_for(config))
     config_json = config.to_json()
     teacher_names = [t.name for t in config.teachers]
+    student_runs = [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]
     adapter_names = [a.name for a in config.adapters]
     prompting_rows = [row for row, _, _ in config.prompting_runs()]
 
@@ -123,6 +128,20 @@ def build_pipeline(config: RunConfig):
                                         candidate=teach.outputs["model"])
                 apply_resources(scored, config, "evaluate").set_display_name("evaluate-teacher")
             report_inputs["teacher_metrics"] = dsl.Collected(scored.outputs["metrics"])
+            if student_runs:
+                # one task sees every teacher (Collected can't feed a task inside a loop): it caches their
+                # logits on the training split; each student and each data-only control reads that bundle
+                gathered = parts.teacher_logits(config_json=config_json, data=data,
+                                                teachers=dsl.Collected(teach.outputs["model"]))
+                apply_resources(gathered, config, "teachers").set_display_name("teacher-logits")
+                with dsl.ParallelFor(student_runs, name="students") as student_name:
+                    distilled = parts.distill(config_json=config_json, name=student_name, data=data,
+                                              teachers=gathered.outputs["bundle"])
+                    apply_resources(distilled, config, "students").set_display_name("distill")
+                    scored = parts.evaluate(config_json=config_json, name=student_name, kind="student", data=data,
+                                            candidate=distilled.outputs["model"])
+                    apply_resources(scored, config, "evaluate").set_display_name("evaluate-student")
+                report_inputs["student_metrics"] = dsl.Collected(scored.outputs["metrics"])
         if config.probe is not None:
             # runs beside the teachers; returns the slice depths (finetune_slices, 'auto' resolved from
             # its scores at run time), so the slice loop iterates over a task output

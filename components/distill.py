@@ -1,0 +1,18 @@
+"""Component: distil one student (or its ``<student>-nodistill`` control) -> ``rightsizer.stages.distill.run``."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from rightsizer_components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def distill(config_json: str, name: str, data: Input[Dataset], teachers: Input[Artifact], model: Output[Model]):
+    from rightsizer.component_runtime import call
+    from rightsizer.stages import distill as stage
+
+    summary = call(stage.run, config_json, data_dir=data.path, teachers_dir=teachers.path, output_dir=model.path,
+                   name=name)
+    model.metadata.update({"name": name, "kind": "student", "params": summary["params"],
+                           "train_time_s": summary["train_time_s"], "teachers": summary["teachers"],
+                           "alpha": summary["alpha"], "control_of": summary.get("control_of", "")})
