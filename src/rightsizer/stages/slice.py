@@ -5,18 +5,20 @@ embeddings, its first ``k`` blocks (and a decoder's final norm) and gets a fresh
 head (:func:`rightsizer.slicing.slice_model`); it is then trained like a teacher, with
 ``rightsizer.train.fine_tune`` and the ``probe`` section's training options. The saved model's
 config says ``num_hidden_layers = k``, so it reloads with ``from_pretrained``. Candidate name:
-``<model>-L<k>``, kind ``slice``.
+``<model>-L<k>``, kind ``slice``. Like a teacher, it runs on one device, as every rank of a torchrun
+launch, or on every node of a TrainJob, as ``resources.probe`` says (``launch.dispatch``).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError
-from rightsizer.launch import deepspeed_config
+from rightsizer import launch
 from rightsizer.models import count_parameters
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.slicing import family_of, layer_stack, slice_model
@@ -49,6 +51,11 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
     probe = probe_config(config)
     depth = slice_depth(config, layers, name)
     candidate = slice_name(config, depth)
+    launched = launch.dispatch("slice", config, "probe", output_dir, inputs={"data_dir": data_dir},
+                               member=SimpleNamespace(name=candidate, **probe.model_dump()),  # --name picks the depth
+                               in_process_only=bool(fine_tune_kwargs))
+    if launched is not None:
+        return launched
     dataset, card = load_prepared(data_dir)
     with stage_output(output_dir, "slice", config, name=candidate) as out:
         model, tokenizer = load_probed_model(config, dataset, card["label_names"])
@@ -58,9 +65,10 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
             resolve_pooling("last", model, tokenizer)
         slice_model(model, depth)
         params, trainable = count_parameters(model)
+        plan = launch.prepare_training(config, "probe", probe, model)
         result = fine_tune(
-            model, tokenizer, dataset, probe, seed=config.seed, work_dir=out.work,
-            max_length=config.data.max_length, deepspeed=deepspeed_config(config.deepspeed), **fine_tune_kwargs,
+            model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
+            max_length=config.data.max_length, deepspeed=plan.deepspeed, **fine_tune_kwargs,
         )
         metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
         write_json(out.work / "metrics.json", metrics)
@@ -69,6 +77,6 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
             "full_layers": full_depth, "params": params, "trainable_params": trainable,
             "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
             "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics,
+            "validation": result.eval_metrics, **plan.summary,
         })
     return out.summary
