@@ -65,7 +65,7 @@ def worker(args) -> None:
     from rightsizer.data import load_prepared
     from rightsizer.inference import predict_logits
     from rightsizer.models import count_parameters, load_classifier
-    from rightsizer.stages.adapters import RankAllocation, build_adapter, planned_steps
+    from rightsizer.stages.adapters import build_adapter, planned_steps, rank_allocation_callback
     from rightsizer.train import fine_tune, training_texts
     from rightsizer.train.memory import PeakMemory
 
@@ -81,7 +81,7 @@ def worker(args) -> None:
         options = config.adapters[0]
         model = build_adapter(model, tokenizer, options, planned_steps(len(dataset["train"]), options))
         if args.worker == "adalora":
-            callbacks = [RankAllocation(model)]
+            callbacks = [rank_allocation_callback(model)]
     params, trainable = count_parameters(model)
     weights_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
     with PeakMemory() as memory:

@@ -150,17 +150,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-class RankAllocation:
-    """AdaLoRA re-allocates its rank budget after every optimizer step (peft leaves this to the loop)."""
+def rank_allocation_callback(peft_model):
+    """AdaLoRA re-allocates its rank budget after every optimizer step (peft leaves that to the loop)."""
+    from transformers import TrainerCallback
 
-    def __new__(cls, peft_model):
-        from transformers import TrainerCallback
+    class RankAllocation(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            peft_model.base_model.update_and_allocate(state.global_step)
 
-        class _Callback(TrainerCallback):
-            def on_optimizer_step(self, args, state, control, **kwargs):
-                peft_model.base_model.update_and_allocate(state.global_step)
-
-        return _Callback()
+    return RankAllocation()
 
 
 def _logits(model, tokenizer, rows, config: RunConfig, batch_size: int) -> np.ndarray:
@@ -233,7 +231,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         adapted = getattr(peft_model.peft_config["default"], "target_modules", None)
         params, trainable = count_parameters(peft_model)
         plan = launch.prepare_training(config, "adapters", adapter, peft_model)
-        callbacks = [RankAllocation(peft_model)] if method.needs_rank_allocation else []
+        callbacks = [rank_allocation_callback(peft_model)] if method.needs_rank_allocation else []
         with PeakMemory() as memory:
             result = fine_tune(
                 peft_model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
