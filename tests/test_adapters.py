@@ -190,6 +190,25 @@ def test_method_peft_cannot_apply_is_a_user_error(small_data, tmp_path):
         adapters.run(config_from_dict(raw), small_data, tmp_path / "out")
 
 
+def test_prefix_tuning_on_an_architecture_peft_cannot_handle(small_data, tmp_path):
+    """DistilBERT's config has no hidden_size/num_attention_heads names peft needs for virtual tokens."""
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig
+
+    from rightsizer.models import train_tokenizer
+    from rightsizer.stages import adapters
+
+    tokenizer = train_tokenizer("wordpiece", ["a small vocabulary for a tiny model"] * 10, 200)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                              pad_token_id=tokenizer.pad_token_id)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(str(tmp_path / "distil"))
+    tokenizer.save_pretrained(str(tmp_path / "distil"))
+    for method in ("prefix", "prompt"):
+        raw = adapter_raw({"name": "virtual", "method": method, "base": str(tmp_path / "distil"), "r": 4})
+        with pytest.raises(UserError, match=rf"peft cannot apply {method} to DistilBertForSequenceClassification"):
+            adapters.run(config_from_dict(raw), small_data, tmp_path / method)
+        assert not (tmp_path / method).exists()
+
+
 def test_cli_reports_bad_adapter_in_one_line(tmp_path, capsys, small_data):
     raw = adapter_raw({"name": "a", "method": "lora", "target_modules": ["nope"]})
     path = tmp_path / "c.yaml"
@@ -213,7 +232,7 @@ def test_cli_reports_bad_adapter_in_one_line(tmp_path, capsys, small_data):
 def test_local_pipeline_with_two_adapters(tmp_path):
     raw = adapter_raw({"name": "lora-q", "method": "lora", "target_modules": ["query"]},
                       {"name": "ia3", "method": "ia3"})
-    raw["teachers"][0].update({"max_steps": 10, "batch_size": 16})
+    raw["teachers"][0].update({"max_steps": 4, "batch_size": 16})
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 0
