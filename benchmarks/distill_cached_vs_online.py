@@ -52,7 +52,12 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=float, default=2.0)
     parser.add_argument("--max-train", type=int, default=None, help="subsample the training split (quick runs)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from rightsizer.outputs import read_json
     from rightsizer.stages import distill, prepare, teacher, teacher_logits

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from transformers import TrainerCallback
 
 from rightsizer.config import config_from_dict
 from rightsizer.data import load_prepared, tokenize
@@ -213,6 +214,30 @@ def test_same_seed_same_losses_and_gradient_accumulation(tmp_path, demo_data, bu
     assert runs["ga"]["losses"][-1] == pytest.approx(runs["a"]["losses"][-1], abs=0.1)
 
 
+class KillAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_killed_distillation_resumes_to_the_same_result(tmp_path, demo_data, bundle):
+    config = student_config({"name": "s", "from_teacher_layers": [0], "max_steps": 8, "logging_steps": 1,
+                             "learning_rate": 1e-3})
+    distill.run(config, demo_data, bundle, tmp_path / "whole", checkpoint_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        distill.run(config, demo_data, bundle, tmp_path / "resumed", checkpoint_steps=4, callbacks=[KillAt(6)])
+    assert not (tmp_path / "resumed").exists()
+    resumed = distill.run(config, demo_data, bundle, tmp_path / "resumed", checkpoint_steps=4)
+    assert resumed["resumed_from"].endswith("checkpoint-4")
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    again = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    np.testing.assert_allclose(again["losses"][-1], whole["losses"][-1], rtol=1e-4)
+    np.testing.assert_allclose(again["kd_loss"][-1], whole["kd_loss"][-1], rtol=1e-4)
+
+
 def test_hidden_state_matching_with_projection(tmp_path, demo_data, trained_teacher, bundle):
     from safetensors import safe_open
     from transformers import AutoModelForSequenceClassification, BertConfig
@@ -311,6 +336,7 @@ def test_cli_stage_error_is_one_line_exit_2(tmp_path, demo_data, bundle, capsys)
 # the pipeline
 
 
+@pytest.mark.slow
 def test_local_pipeline_with_a_student_and_its_control(tmp_path, monkeypatch):
     from rightsizer.cli import main
 

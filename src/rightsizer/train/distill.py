@@ -8,8 +8,10 @@ scale as the hard-label ones when ``T`` changes. Optional hidden-state matching 
 
 Teacher logits usually come *cached* (computed once by the teacher-logits stage and carried in the
 training set as a ``teacher_logits`` column, so every epoch reuses them); with hidden-state matching
-the teachers run *online*, on every training batch, under ``no_grad``. Everything else (optimizer,
-schedule, checkpoints, DeepSpeed, logging) is the stock HF ``Trainer`` via :func:`fine_tune`.
+the teachers run *online*, on every training batch, under ``no_grad`` (a teacher whose tokenizer
+differs from the student's reads its own tokenization of the batch, carried as ``teacher{k}_*``
+columns). Everything else (optimizer, schedule, checkpoints, DeepSpeed, logging) is the stock HF
+``Trainer`` via :func:`fine_tune`.
 """
 
 from __future__ import annotations
