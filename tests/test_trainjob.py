@@ -330,6 +330,7 @@ def test_trainjob_for_two_nodes_of_four_gpus(s3, cluster, tiny_config, demo_data
     assert spec["runtimeRef"] == {"name": "rightsizer-torch-distributed", "kind": "ClusterTrainingRuntime"} or \
         spec["runtimeRef"] == {"name": "rightsizer-torch-distributed", "kind": "ClusterTrainingRuntime",
                                "apiGroup": "trainer.kubeflow.org"}
+    assert spec["activeDeadlineSeconds"] == 1 + 300  # the cluster stops it even if the launcher dies
     trainer = spec["trainer"]
     assert trainer["image"] == "registry.example/rightsizer:test"
     assert trainer["numNodes"] == 2
@@ -384,6 +385,33 @@ def test_user_error_in_a_node_comes_back_as_that_error(s3, cluster, tiny_config,
         run_trainjob("teacher", multi_node_config(tiny_config, endpoint), "teachers", tmp_path / "out", [demo_data],
                      name="teacher", poll_s=0.1)
     assert len(fake.deleted) == 1
+
+
+def test_cancelled_launcher_deletes_its_trainjob(s3, cluster, tiny_config, demo_data, tmp_path):
+    """KFP cancels a run by deleting the pod: SIGTERM to the launcher, which deletes the TrainJob and exits."""
+    endpoint, _ = s3
+    fake = cluster("hang")
+    config_path = tmp_path / "config.json"
+    config_path.write_text(multi_node_config(tiny_config, endpoint).to_json())
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "rightsizer.cli", "stage", "teacher", "--config", str(config_path), "--in", str(demo_data),
+         "--out", str(tmp_path / "out")], env={**os.environ, "RIGHTSIZER_TRAINJOB_POLL_S": "0.1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not fake.pods:  # created, and its nodes are running
+            assert launcher.poll() is None, launcher.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        launcher.send_signal(signal.SIGTERM)
+        out, err = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    name = fake.created[0]["metadata"]["name"]
+    assert launcher.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted"
+    assert f"trainjob {name}: deleted" in out
+    assert fake.deleted == [name] and not (tmp_path / "out").exists()
 
 
 def test_missing_runtime_is_a_user_error_and_creates_nothing(s3, cluster, tiny_config, demo_data, tmp_path):

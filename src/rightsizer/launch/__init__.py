@@ -61,8 +61,11 @@ def plan_launch(config, stage_key: str) -> LaunchPlan:
     gpus = int(gpus or 0)
     processes = spec.processes or max(1, gpus)
     workers = spec.workers or 1
-    if workers > 1:
-        return LaunchPlan("trainjob", processes, workers, "cuda" if gpus else "cpu")
+    if workers > 1:  # the nodes' GPUs, not this pod's: the launcher itself has none
+        from rightsizer.launch.placement import planned_gpus
+
+        gpus = planned_gpus(config, stage_key)
+        return LaunchPlan("trainjob", spec.processes or max(1, gpus), workers, "cuda" if gpus else "cpu")
     if gpus > 1 and cuda < gpus:
         raise UserError(f"resources.{stage_key}.gpus is {gpus} but this machine has {cuda} CUDA device(s); run on a "
                         "GPU node, lower gpus, or test multi-process training on CPU with gpus: 0 and processes: 2")
@@ -115,15 +118,14 @@ def _check_deepspeed_early(config, stage_key: str, member, plan: LaunchPlan) -> 
     if resolved is None:
         return
     if plan.mode == "processes":
-        import importlib.util
-
-        if importlib.util.find_spec("deepspeed") is None:
+        if not _has_deepspeed():
             raise UserError("deepspeed is configured but the deepspeed package is not installed here; use the CUDA "
                             "image or pip install 'rightsizer[deepspeed]'")
     _, bf16 = _cuda_devices()
     check_against_training(resolved, batch_size=member.batch_size, accumulation=member.gradient_accumulation_steps,
                            world_size=plan.world_size, learning_rate=member.learning_rate,
-                           weight_decay=member.weight_decay, bf16=bf16 and plan.device == "cuda",
+                           weight_decay=member.weight_decay,
+                           bf16=None if plan.mode == "trainjob" else bf16 and plan.device == "cuda",  # nodes decide
                            where=f"{stage_key} '{getattr(member, 'name', stage_key)}'")
 
 
@@ -166,8 +168,8 @@ def prepare_training(config, stage_key: str, options, model) -> TrainingPlan:
             chosen = placing.choose_placement(
                 shape, batch_size=options.batch_size, seq_len=config.data.max_length,
                 gpu_memory_gb=spec.gpu_memory_gb or round(device_gb, 2), gpus=local, nodes=nodes,
-                zero_stage=zero_stage(resolved) if config.deepspeed is not None else None, bf16=bf16, sdpa=sdpa,
-                offload_optimizer=offload)
+                zero_stage=zero_stage(resolved) if config.deepspeed is not None else (None if _has_deepspeed() else 0),
+                bf16=bf16, sdpa=sdpa, offload_optimizer=offload)
             options = options.model_copy(update={
                 "batch_size": chosen.micro_batch,
                 "gradient_accumulation_steps": options.gradient_accumulation_steps * chosen.accumulation})
@@ -187,6 +189,13 @@ def prepare_training(config, stage_key: str, options, model) -> TrainingPlan:
     if resolved is not None and not on_gpu:
         _cpu_deepspeed_without_compiled_ops()
     return TrainingPlan(options=options, deepspeed=resolved, summary=summary)
+
+
+def _has_deepspeed() -> bool:
+    """Whether DeepSpeed is installed (the CUDA image has it); without it placement stays with plain DDP."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
 
 
 def _cpu_deepspeed_without_compiled_ops() -> None:

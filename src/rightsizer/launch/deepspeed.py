@@ -137,11 +137,12 @@ def with_zero_stage(resolved: dict[str, Any] | None, stage: int) -> dict[str, An
 
 
 def check_against_training(resolved: dict[str, Any] | None, *, batch_size: int, accumulation: int, world_size: int,
-                           learning_rate: float, weight_decay: float, bf16: bool, where: str) -> None:
+                           learning_rate: float, weight_decay: float, bf16: bool | None, where: str) -> None:
     """Raise a UserError naming every DeepSpeed value that a Trainer argument contradicts.
 
     Mirrors what the HF Trainer checks when it fills ``"auto"`` values, but before any process starts and
-    with the config key to change. ``bf16`` says whether the Trainer will train in bf16 (a bf16-capable GPU).
+    with the config key to change. ``bf16`` says whether the Trainer will train in bf16 (a bf16-capable GPU);
+    None when that is not known here (a launcher whose nodes have the GPUs): precision is then checked there.
     """
     if resolved is None:
         return
@@ -162,6 +163,8 @@ def check_against_training(resolved: dict[str, Any] | None, *, batch_size: int, 
         "bf16.enabled": (bf16, "bf16 (on only on a GPU that supports it)"),
         "fp16.enabled": (False, "fp16 (rightsizer trains in bf16 on GPUs that have it, else fp32)"),
     }
+    if bf16 is None:
+        trainer_values.pop("bf16.enabled")
     conflicts = []
     for dotted, (expected, source) in trainer_values.items():
         value = _lookup(resolved, dotted)

@@ -22,6 +22,7 @@ the kubeconfig or the pod's service account, checks that the runtime exists, and
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -43,6 +44,7 @@ NODE_COMMAND = ["python", "-m", "rightsizer.launch.node"]
 SHM_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
 SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
 PATCH_MANAGER = "rightsizer.io/launcher"
+DEADLINE_MARGIN_S = 300  # activeDeadlineSeconds = timeout + this: the cluster stops a job whose launcher died
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -110,6 +112,7 @@ def sdk_arguments(request: TrainJobRequest) -> tuple[Any, list[Any]]:
     """``(CustomTrainerContainer, options)`` for ``TrainerClient.train``."""
     from kubeflow.trainer import CustomTrainerContainer
     from kubeflow.trainer.options import (
+        ActiveDeadlineSeconds,
         ContainerPatch,
         JobSetSpecPatch,
         JobSetTemplatePatch,
@@ -138,7 +141,7 @@ def sdk_arguments(request: TrainJobRequest) -> tuple[Any, list[Any]]:
             spec=JobSpecPatch(template=PodTemplatePatch(spec=pod))))]))))
     patch.manager = PATCH_MANAGER
     options = [Name(request.name), Labels(dict(request.labels)), TrainerCommand(list(request.command)),
-               TrainerArgs(list(request.args)), patch]
+               TrainerArgs(list(request.args)), patch, ActiveDeadlineSeconds(int(request.timeout_s) + DEADLINE_MARGIN_S)]
     return trainer, options
 
 
@@ -303,6 +306,8 @@ def run_trainjob(stage: str, config, stage_key: str, output_dir: str | Path, inp
     output_uri = storage.join_uri(prefix, "output")
     request = build_request(stage, config, stage_key, member=name, name=job, config_uri=config_uri,
                             input_uris=input_uris, output_uri=output_uri, gpus=gpus, processes=processes)
+    if timeout_s is not None:
+        request.timeout_s = max(1, math.ceil(timeout_s))
     timeout = timeout_s if timeout_s is not None else request.timeout_s
     poll = poll_s if poll_s is not None else float(os.environ.get(POLL_ENV) or DEFAULT_POLL_S)
     print(f"trainjob {job}: {request.num_nodes} nodes x {processes} processes, runtime {request.runtime}, "
