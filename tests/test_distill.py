@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import TrainerCallback
 
 from rightsizer.config import config_from_dict
 from rightsizer.data import load_prepared, tokenize
@@ -28,6 +27,7 @@ from rightsizer.train.distill import (
 )
 
 from conftest import tiny_raw
+from test_teacher import KillAt
 
 STUDENT = {"max_steps": 60, "learning_rate": 3e-3, "batch_size": 16, "logging_steps": 10}
 
@@ -212,15 +212,6 @@ def test_same_seed_same_losses_and_gradient_accumulation(tmp_path, demo_data, bu
     # batch 8 x 2 accumulation: other length-grouped batches, same loss scale (a scaling bug halves or doubles it)
     assert runs["ga"]["losses"][0] == pytest.approx(runs["a"]["losses"][0], abs=0.05)
     assert runs["ga"]["losses"][-1] == pytest.approx(runs["a"]["losses"][-1], abs=0.1)
-
-
-class KillAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def test_killed_distillation_resumes_to_the_same_result(tmp_path, demo_data, bundle):
