@@ -1,12 +1,11 @@
 """Data-parallel scaling on CPU: the teacher stage on 1 process vs N processes (torchrun, gloo DDP).
 
-Weak scaling: every process keeps the same per-process batch, so N processes push N times the samples
-per optimizer step. Throughput is training samples per second of the stage's own ``fine_tune``; the
-1-process run uses all cores itself (torch's threads), each of the N ranks gets cores / N threads
-(torchrun's default OMP_NUM_THREADS=1 on a small machine). On a 2-core machine the ideal is 2.0 only
-if one process could not already use both cores: expect a ratio near 1 there, the figure is
-informative. Prints both throughputs, ``ratio: N-process samples/s / 1-process samples/s`` and
-``ideal: N``.
+Weak scaling: every rank keeps the same per-rank batch and one CPU thread (OMP_NUM_THREADS=1, set here
+for the 1-process run and by torchrun for the N ranks), so N ranks push N times the samples per optimizer
+step and the ideal ratio is N on a machine with N idle cores. What is lost to gradient all-reduce (gloo
+over loopback), rendezvous and the per-step synchronisation shows as ratio < N. Throughput is training
+samples per second from the stage's own summary. On a shared 2-core machine the figure is informative
+only. Prints both throughputs, ``ratio: N-process samples/s / 1-process samples/s`` and ``ideal: N``.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank, like torchrun's ranks (before torch loads)
 os.environ.setdefault("RIGHTSIZER_QUIET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -56,7 +56,7 @@ def main() -> int:
         one = run(work, data, 1, args)
         many = run(work, data, args.processes, args)
         print(f"machine: {os.cpu_count()} cores; model {args.model}, {args.steps} steps, batch {args.batch_size} per "
-              f"process, max_length {args.max_length}")
+              f"rank, max_length {args.max_length}, {os.environ['OMP_NUM_THREADS']} thread(s) per rank")
         for label, summary in (("1 process", one), (f"{args.processes} processes", many)):
             print(f"{label:>12}: {summary['samples_per_s']:8.1f} samples/s  {summary['train_time_s']:6.1f} s  "
                   f"final validation loss {summary['validation']['loss']:.3f}  "
