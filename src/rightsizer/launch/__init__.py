@@ -95,7 +95,8 @@ def dispatch(stage: str, config, stage_key: str, output_dir: str | Path, *, memb
     if plan.mode == "processes":
         from rightsizer.launch.local import run_processes
 
-        return run_processes(stage, config, output_dir, ordered, name=name, processes=plan.processes)
+        return run_processes(stage, config, output_dir, ordered, name=name, processes=plan.processes,
+                             device=plan.device)
     from rightsizer.launch.trainjob import run_trainjob
 
     return run_trainjob(stage, config, stage_key, output_dir, ordered, name=name)

@@ -138,7 +138,7 @@ def failure_from_logs(log_dir: Path, exit_code: int, what: str) -> Exception:
 
 
 def run_processes(stage: str, config, output_dir: str | Path, inputs: list[Path], *, name: str | None,
-                  processes: int) -> dict:
+                  processes: int, device: str = "cuda") -> dict:
     """Run ``rightsizer stage`` as ``processes`` ranks in this pod; return the summary rank 0 wrote."""
     output_dir = Path(output_dir).resolve()
     with tempfile.TemporaryDirectory(prefix="rightsizer-launch-") as tmp:
@@ -149,8 +149,10 @@ def run_processes(stage: str, config, output_dir: str | Path, inputs: list[Path]
         command = torchrun_command(processes, log_dir, args, standalone=True)
         print(f"launching {stage}{f' {name}' if name else ''} on {processes} processes: torchrun "
               f"--nproc-per-node={processes} -m rightsizer.cli {' '.join(args)}", flush=True)
-        run_torchrun(command, log_dir, env={**os.environ, LAUNCHED_ENV: "processes"},
-                     what=f"stage {stage}{f' ({name})' if name else ''}")
+        env = {**os.environ, LAUNCHED_ENV: "processes"}
+        if device == "cpu":  # gpus: 0 with processes: N means CPU ranks, even where GPUs are visible
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        run_torchrun(command, log_dir, env=env, what=f"stage {stage}{f' ({name})' if name else ''}")
     summary_path = output_dir / "summary.json"
     if not summary_path.exists():
         raise LaunchError(f"stage {stage}: all {processes} processes exited 0 but rank 0 left no {summary_path}")
