@@ -61,7 +61,7 @@ def _linear_list(model) -> str:
     return ", ".join(sorted(names)) or "none"
 
 
-def check_targets(model, adapter: AdapterConfig, method: AdapterMethod) -> None:
+def check_targets(model, adapter: AdapterConfig) -> None:
     """Every named target module (and IA3 feed-forward module) must be a linear module of the model."""
     arch = type(model).__name__
     if isinstance(adapter.target_modules, list):
@@ -98,7 +98,7 @@ def peft_config_for(model, adapter: AdapterConfig, total_steps: int, tokenizer_d
 
     method = METHODS[adapter.method]
     arch = type(model).__name__
-    check_targets(model, adapter, method)
+    check_targets(model, adapter)
     spec = AdapterSpec(r=adapter.r, alpha=adapter.alpha if adapter.alpha is not None else 2.0 * adapter.r,
                        dropout=adapter.dropout, target_modules=adapter.target_modules, options=dict(adapter.options),
                        total_steps=total_steps, tokenizer_dir=tokenizer_dir)
