@@ -123,6 +123,8 @@ def test_flops_per_token_is_6n_plus_attention():
     assert flops_per_token(BERT_BASE, 512) == 6 * 80_000_000 + 12 * 12 * 768 * 512
     lengths = [10, 20, 30]
     assert training_flops(BERT_BASE, lengths) == pytest.approx(sum(n * flops_per_token(BERT_BASE, n) for n in lengths))
+    # frozen weights (adapters): no weight gradients for them -- 4N + 2 x trainable instead of 6N
+    assert flops_per_token(BERT_BASE, 512, trainable=1_000_000) == 4 * 80_000_000 + 2 * 1_000_000 + 12 * 12 * 768 * 512
 
 
 def test_peak_table_picks_the_dense_rate_of_the_right_card():
@@ -148,5 +150,7 @@ def test_meter_reports_tokens_per_second_and_mfu_from_step_time():
     rate = meter.rate()
     assert rate.tokens_per_s == pytest.approx(10 * 8 * 25 / 2.0)
     shape = placement.shape_of_model(model)
-    assert rate.flops_per_s == pytest.approx(10 * 8 * training_flops(shape, lengths) / 4 / 2.0)
+    trainable = shape.non_embedding_params  # everything trains
+    assert rate.flops_per_s == pytest.approx(10 * 8 * training_flops(shape, lengths, trainable) / 4 / 2.0)
+    assert training_flops(shape, lengths, trainable) == pytest.approx(training_flops(shape, lengths))
     assert rate.mfu is None and rate.device == "cpu"  # no GPU, no peak: no MFU rather than a made-up one

@@ -4,9 +4,11 @@ FLOPs the honest way (nanoGPT's ``estimate_mfu``, PaLM appendix B): training a t
 ``6·N + 12·L·H·Q·T`` FLOPs — ``6·N`` for the forward and backward matmuls of the N non-embedding
 parameters (embedding lookups are not matmuls), ``12·L·H·Q·T`` for attention over T positions with L
 layers, H heads of size Q. Only real (non-padding) tokens count, each attending over its own
-example's length, so padding and dynamic batching never inflate the figure. Time is training-step
-time only: evaluations and checkpoint saves in between are left out. The peak is the GPU's dense
-(no sparsity) tensor-core rate for the dtype in use, from the table below, not a constant.
+example's length, so padding and dynamic batching never inflate the figure. When some weights are
+frozen (adapters), their weight gradients are not computed: ``6·N`` becomes ``4·N + 2·N_trainable``
+(forward, activation gradients, weight gradients of what trains). Time is training-step time only:
+evaluations and checkpoint saves in between are left out. The peak is the GPU's dense (no sparsity)
+tensor-core rate for the dtype in use, from the table below, not a constant.
 """
 
 from __future__ import annotations
@@ -50,15 +52,33 @@ def peak_flops(device_name: str, dtype: str) -> float | None:
     return None
 
 
-def flops_per_token(shape: ModelShape, seq_len: float) -> float:
-    """Training FLOPs for one token in a sequence of ``seq_len`` tokens: 6N + 12·L·H·Q·T."""
-    return 6 * shape.non_embedding_params + 12 * shape.layers * shape.hidden * seq_len
+def _matmul_flops(shape: ModelShape, trainable: int | None) -> float:
+    """Per token: 2N forward + 2N activation gradients + 2 x the trained weights' gradients (all = 6N)."""
+    n = shape.non_embedding_params
+    return 6 * n if trainable is None else 4 * n + 2 * min(trainable, n)
 
 
-def training_flops(shape: ModelShape, lengths) -> float:
+def flops_per_token(shape: ModelShape, seq_len: float, trainable: int | None = None) -> float:
+    """Training FLOPs for one token in a sequence of ``seq_len`` tokens: 6N + 12·L·H·Q·T.
+
+    ``trainable``: non-embedding parameters that train, when some are frozen (default: all of them).
+    """
+    return _matmul_flops(shape, trainable) + 12 * shape.layers * shape.hidden * seq_len
+
+
+def training_flops(shape: ModelShape, lengths, trainable: int | None = None) -> float:
     """Training FLOPs for one pass over examples of the given (non-padding) lengths."""
     lengths = np.asarray(lengths, dtype=np.float64)
-    return float(6 * shape.non_embedding_params * lengths.sum() + 12 * shape.layers * shape.hidden * (lengths ** 2).sum())
+    return float(_matmul_flops(shape, trainable) * lengths.sum()
+                 + 12 * shape.layers * shape.hidden * (lengths ** 2).sum())
+
+
+def trainable_non_embedding(model) -> int:
+    """Parameters that receive gradients, embedding tables excluded."""
+    import torch.nn as nn
+
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in embedding)
 
 
 def current_dtype(bf16: bool) -> str:
@@ -90,10 +110,14 @@ def meter_callback(model, lengths, *, samples_per_step: int, gpus: int, bf16: bo
     import torch
     from transformers import TrainerCallback
 
-    shape = shape_of_model(model)
     lengths = np.asarray(lengths, dtype=np.float64)
     tokens_per_sample = float(lengths.mean()) if len(lengths) else 0.0
-    flops_per_sample = training_flops(shape, lengths) / len(lengths) if len(lengths) else 0.0
+    try:
+        shape = shape_of_model(model)
+        trainable = trainable_non_embedding(model)
+        flops_per_sample = training_flops(shape, lengths, trainable) / len(lengths) if len(lengths) else 0.0
+    except (AttributeError, TypeError):  # a config without layers/hidden size: tokens/s only, no MFU
+        flops_per_sample = 0.0
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     dtype = current_dtype(bf16) if torch.cuda.is_available() else "fp32"
     peak = peak_flops(device, dtype) if torch.cuda.is_available() else None
