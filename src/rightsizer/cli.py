@@ -96,9 +96,19 @@ def _print_run(output: Path, elapsed: float) -> None:
     for summary in summaries:
         timings.add_row(summary.get("stage", "?"), str(summary.get("name") or ""), f"{summary.get('duration_s', 0):.1f}")
     console.print(timings)
+    console.print(f"total {elapsed:.0f} s")
+    details = read_json(output / "report.json") if (output / "report.json").exists() else {}
     if leaderboard["recommended"]:
-        console.print(f"[bold green]recommended:[/] {leaderboard['recommended']} — {leaderboard['reason']}")
-    console.print(f"report: {output / 'report.md'}   (total {elapsed:.0f} s)")
+        console.print(f"[bold green]recommended:[/] {leaderboard['recommended']} — {leaderboard['reason']}.")
+    else:
+        console.print(f"[bold yellow]no recommendation:[/] {leaderboard['reason']}.")
+    for line in (details.get("cost_statement"), (details.get("speed") or {}).get("statement")):
+        if line:
+            console.print(line)
+    for flag in details.get("flags", []):
+        console.print(f"[yellow]flag:[/] {flag['message']}")
+    report = output / "report.html"
+    console.print(f"report: {report if report.exists() else output / 'report.md'}")
 
 
 @app.command("compile")
@@ -295,12 +305,13 @@ def presets() -> None:
     files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
     if files:
         pipelines = Table(title="pipeline presets", title_justify="left")
-        pipelines.add_column("file")
-        pipelines.add_column("what")
+        pipelines.add_column("preset", no_wrap=True)
+        pipelines.add_column("what", overflow="fold")
         for file in files:
             first = next((line.lstrip("# ").strip() for line in file.read_text().splitlines() if line.startswith("#")), "")
-            pipelines.add_row(str(file), first)
+            pipelines.add_row(file.stem, first)
         console.print(pipelines)
+        console.print(f"files: {directory}  (run one: rightsizer run {directory}/NAME.yaml --output runs/NAME)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

