@@ -178,6 +178,12 @@ def prepare_training(config, stage_key: str, options, model) -> TrainingPlan:
                 resolved = with_zero_stage(resolved, chosen.zero_stage)
             summary["placement"] = {"params": shape.params, **chosen.summary()}
             summary["launch"]["deepspeed_zero_stage"] = zero_stage(resolved)
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"placement: {shape.params / 1e6:.1f}M parameters need {chosen.estimate.total / placing.GIB:.1f} "
+                      f"GiB per GPU ({', '.join(f'{k} {v}' for k, v in chosen.estimate.as_gb().items() if k != 'total')}"
+                      f" GiB) of {chosen.gpu_memory_gb:g} GiB -> {chosen.gpus} GPU(s) x {chosen.nodes} node(s), ZeRO "
+                      f"{chosen.zero_stage}, micro-batch {chosen.micro_batch} x {chosen.accumulation} accumulation",
+                      flush=True)
         else:
             estimate = placing.estimate_memory(shape, micro_batch=options.batch_size, seq_len=config.data.max_length,
                                                gpus=world, bf16=False, sdpa=sdpa)
