@@ -72,10 +72,10 @@ def test_validation_messages_name_the_key(raw, message):
 
 
 def test_overrides_are_typed_by_the_schema():
-    config = config_from_dict(minimal(), ["teachers.0.epochs=1", "seed=3", "probe.layers=[0, 2]",
+    config = config_from_dict(minimal(), ["teachers.0.epochs=1", "seed=3", "probe.layers=[1, 2]",
                                           "resources.teachers.gpus=2", "data.max_train_samples=null"])
     assert config.teachers[0].epochs == 1.0 and config.seed == 3
-    assert config.probe.layers == [0, 2]
+    assert config.probe.layers == [1, 2]
     assert config.resources.teachers.gpus == 2
     config = config_from_dict({}, ["data.source=builtin:demo-pairs"])
     assert config.data.source == "builtin:demo-pairs"
