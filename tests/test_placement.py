@@ -154,3 +154,34 @@ def test_meter_reports_tokens_per_second_and_mfu_from_step_time():
     assert rate.flops_per_s == pytest.approx(10 * 8 * training_flops(shape, lengths, trainable) / 4 / 2.0)
     assert training_flops(shape, lengths, trainable) == pytest.approx(training_flops(shape, lengths))
     assert rate.mfu is None and rate.device == "cpu"  # no GPU, no peak: no MFU rather than a made-up one
+
+
+def test_placement_on_gpus_rebatches_and_picks_zero(tiny_config, monkeypatch, capsys):
+    """The GPU branch, on a machine without one: torch.cuda answers as two 8 GiB bf16 GPUs would, inside a
+    2-rank launch; a BERT-large-sized model (meta device) at batch 32 x 512 tokens does not fit plainly."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from rightsizer.launch import LAUNCHED_ENV, prepare_training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: type("P", (), {"total_memory": 8 * GIB})())
+    for key, value in {LAUNCHED_ENV: "processes", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(
+            BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096))
+    config = tiny_config(["teachers.0.batch_size=32", "data.max_length=512"], resources={"teachers": {"placement": "auto"}})
+    plan = prepare_training(config, "teachers", config.teachers[0], model)
+    chosen = plan.summary["placement"]
+    assert chosen["gpus_per_node"] == 2 and chosen["gpu_memory_gb"] == 8.0 and chosen["bf16"] and chosen["sdpa"]
+    assert plan.options.batch_size == chosen["micro_batch"] < 32
+    assert plan.options.batch_size * plan.options.gradient_accumulation_steps == 32
+    assert chosen["estimate_gb"]["total"] <= 8 * placement.USABLE_FRACTION
+    stage = chosen["zero_stage"]
+    assert plan.summary["launch"]["deepspeed_zero_stage"] == (stage if stage > 0 else None)
+    if stage > 0:
+        assert plan.deepspeed["zero_optimization"]["stage"] == stage
+    assert capsys.readouterr().out.startswith("placement: 335.1M parameters need")
