@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("RIGHTSIZER_QUIET", "1")  # no tqdm bars in test logs
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tiny models gain nothing from a second intra-op thread, and OpenMP threads that fight for 2 cores
+# (pipeline tasks run two at a time) make every step an order of magnitude slower
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

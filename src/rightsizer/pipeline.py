@@ -28,10 +28,10 @@ class Components:
     slice: object
     evaluate: object
     report: object
-    teacher_logits: object
-    distill: object
     adapter: object
     prompting: object
+    teacher_logits: object
+    distill: object
 
 
 def load_components(image: str) -> "Components":
@@ -212,6 +212,11 @@ def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
 
     pipeline_root = Path(pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
+    # kfp.local runs two loop iterations (and independent branches) at once; with tiny models one
+    # intra-op thread per task is as fast and avoids OpenMP oversubscription (10x slower) on small
+    # machines. A user's own OMP_NUM_THREADS wins.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = build_pipeline(config)
     with _error_file() as errors:
