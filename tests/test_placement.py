@@ -148,6 +148,7 @@ def test_meter_reports_tokens_per_second_and_mfu_from_step_time():
     meter = meter_callback(model, lengths, samples_per_step=8, gpus=1, bf16=False, print_every=False)
     meter.train_seconds, meter.steps = 2.0, 10
     rate = meter.rate()
+    assert rate.samples_per_s == pytest.approx(10 * 8 / 2.0)
     assert rate.tokens_per_s == pytest.approx(10 * 8 * 25 / 2.0)
     shape = placement.shape_of_model(model)
     trainable = shape.non_embedding_params  # everything trains

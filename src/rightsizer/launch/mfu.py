@@ -91,6 +91,7 @@ def current_dtype(bf16: bool) -> str:
 
 @dataclass
 class Throughput:
+    samples_per_s: float
     tokens_per_s: float
     flops_per_s: float
     mfu: float | None
@@ -100,13 +101,14 @@ class Throughput:
     gpus: int
 
     def summary(self) -> dict[str, Any]:
-        return {"tokens_per_s": round(self.tokens_per_s, 1), "tflops_per_s": round(self.flops_per_s / 1e12, 2),
+        return {"samples_per_s": round(self.samples_per_s, 2), "tokens_per_s": round(self.tokens_per_s, 1),
+                "tflops_per_s": round(self.flops_per_s / 1e12, 2),
                 "mfu": None if self.mfu is None else round(self.mfu, 4), "peak_tflops_per_gpu": self.peak_tflops,
                 "device": self.device, "dtype": self.dtype, "gpus": self.gpus}
 
 
 def meter_callback(model, lengths, *, samples_per_step: int, gpus: int, bf16: bool, print_every: bool = True):
-    """A ``TrainerCallback`` that measures tokens/s and MFU over training steps (GPU runs)."""
+    """A ``TrainerCallback`` that measures samples/s, tokens/s and (on GPUs) MFU over training steps only."""
     import torch
     from transformers import TrainerCallback
 
@@ -175,8 +177,8 @@ def meter_callback(model, lengths, *, samples_per_step: int, gpus: int, bf16: bo
             samples = steps * samples_per_step
             tokens_per_s = samples * tokens_per_sample / seconds if seconds > 0 else 0.0
             flops_per_s = samples * flops_per_sample / seconds if seconds > 0 else 0.0
-            mfu = flops_per_s / (peak * gpus) if peak and flops_per_s else None
-            return Throughput(tokens_per_s=tokens_per_s, flops_per_s=flops_per_s, mfu=mfu,
+            mfu = flops_per_s / (peak * gpus) if peak and gpus and flops_per_s else None
+            return Throughput(samples_per_s=samples / seconds if seconds > 0 else 0.0, tokens_per_s=tokens_per_s, flops_per_s=flops_per_s, mfu=mfu,
                               peak_tflops=None if peak is None else peak / 1e12, device=device, dtype=dtype, gpus=gpus)
 
     return ThroughputMeter()

@@ -38,6 +38,6 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
             "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
             "validation": result.eval_metrics, **plan.summary,
-            **({"throughput": result.extra["throughput"]} if "throughput" in result.extra else {}),
+            "throughput": result.extra["throughput"],
         })
     return out.summary

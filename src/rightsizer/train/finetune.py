@@ -151,12 +151,12 @@ def fine_tune(
     )
     (work_dir / "tb").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(work_dir / "tb")) if rank_zero else None  # one event file, from rank 0
-    meter = None
-    if on_gpu:  # tokens/s and MFU, logged and summarised (rightsizer.launch.mfu)
-        from rightsizer.launch.mfu import meter_callback
+    from rightsizer.launch.mfu import meter_callback
 
-        meter = meter_callback(model, train_set["length"], samples_per_step=per_step, gpus=world, bf16=bf16)
-    extra_callbacks = [meter] if meter is not None else []
+    # training-step throughput (evaluations and saves left out) and, on GPUs, MFU: logged and summarised
+    meter = meter_callback(model, train_set["length"], samples_per_step=per_step, gpus=world if on_gpu else 0,
+                           bf16=bf16, print_every=on_gpu)
+    extra_callbacks = [meter]
     if writer is not None:
         extra_callbacks.append(TensorBoardCallback(tb_writer=writer))
     trainer_cls = trainer_cls or Trainer
@@ -201,7 +201,7 @@ def fine_tune(
         tokens_per_s=round(tokens / train_time, 1) if train_time > 0 else 0.0,
         steps=output.global_step,
         resumed_from=resume,
-        extra={"trainer": trainer, **({"throughput": meter.rate().summary()} if meter is not None else {})},
+        extra={"trainer": trainer, "throughput": meter.rate().summary()},
     )
 
 
