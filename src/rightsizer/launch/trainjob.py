@@ -312,9 +312,11 @@ def run_trainjob(stage: str, config, stage_key: str, output_dir: str | Path, inp
     poll = poll_s if poll_s is not None else float(os.environ.get(POLL_ENV) or DEFAULT_POLL_S)
     print(f"trainjob {job}: {request.num_nodes} nodes x {processes} processes, runtime {request.runtime}, "
           f"image {request.image}, inputs staged under {prefix}", flush=True)
+    created = False
     with sigterm_raises():
-        create(client, request)
         try:
+            create(client, request)
+            created = True
             finished = watch(client, job, timeout_s=timeout, poll_s=poll, stage_key=stage_key)
             if finished.status == "Failed":
                 raise failure(client, finished)
@@ -323,8 +325,12 @@ def run_trainjob(stage: str, config, stage_key: str, output_dir: str | Path, inp
                 raise LaunchError(f"TrainJob {job} completed but {output_uri} has no summary.json (node 0 did not "
                                   "upload its output)")
             store.download_dir(output_uri, output_dir)
+        except KeyboardInterrupt:
+            created = True  # cancelled, possibly while the API server was creating it: delete it anyway
+            raise
         finally:
-            delete(client, job)
+            if created:
+                delete(client, job)
     summary_path = Path(output_dir) / "summary.json"
     summary = json.loads(summary_path.read_text())
     summary["trainjob"] = {"name": job, "namespace": client.backend.namespace, "runtime": request.runtime,
