@@ -94,7 +94,7 @@ def test_given_split_missing_a_class_is_refused(tmp_path):
 def test_subsampling_is_stratified():
     _, card = prepare_dataset(cfg("builtin:demo", max_train_samples=300, max_eval_samples=90), seed=0)
     assert card["rows"] == {"train": 300, "validation": 90, "test": 90}
-    assert sorted(card["class_balance"]["train"].values()) == [100, 100, 100]
+    assert all(abs(count - 100) <= 2 for count in card["class_balance"]["train"].values())
 
 
 def test_tokenize_keeps_labels_and_adds_length():
