@@ -127,12 +127,27 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 4000):
     texts = list(texts)
     if kind == "wordpiece":
         special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        # The library's WordPieceTrainer breaks frequency ties in hash order, so two runs on the same
+        # texts learn different vocabularies (huggingface/tokenizers#1794) and the same seed gives a
+        # different model. Build the vocabulary deterministically instead: every character (alone and
+        # as a ##continuation), then whole words by frequency, ties alphabetical.
+        from collections import Counter
+
+        normalizer = normalizers.BertNormalizer(lowercase=True)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        counts: Counter = Counter()
+        for text in texts:
+            counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        characters = sorted({character for word in counts for character in word})
+        ordered = special + characters + ["##" + c for c in characters]
+        seen = set(ordered)
+        budget = max(0, vocab_size - len(ordered))
+        ordered += [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in seen][:budget]
+        tok = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(ordered)}, unk_token="[UNK]",
+                                         max_input_chars_per_word=100))
+        tok.normalizer = normalizer
+        tok.pre_tokenizer = pre_tokenizer
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special, min_frequency=1)
-        tok.train_from_iterator(texts, trainer=trainer)
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
