@@ -211,8 +211,9 @@ def test_same_seed_same_losses_and_gradient_accumulation(tmp_path, demo_data, bu
     # loss = alpha * kd + (1 - alpha) * ce, step by step
     np.testing.assert_allclose(runs["a"]["losses"], 0.5 * np.add(runs["a"]["kd_loss"], runs["a"]["ce_loss"]), rtol=1e-4)
     # batch 8 x 2 accumulation: other length-grouped batches, same loss scale (a scaling bug halves or doubles it)
-    assert runs["ga"]["losses"][0] == pytest.approx(runs["a"]["losses"][0], abs=0.05)
-    assert runs["ga"]["losses"][-1] == pytest.approx(runs["a"]["losses"][-1], abs=0.1)
+    # (batch composition moves the first loss by up to ~0.1; a GA scaling bug would halve or double it)
+    assert runs["ga"]["losses"][0] == pytest.approx(runs["a"]["losses"][0], rel=0.3)
+    assert runs["ga"]["losses"][-1] == pytest.approx(runs["a"]["losses"][-1], rel=0.3)
 
 
 def test_killed_distillation_resumes_to_the_same_result(tmp_path, demo_data, bundle):
