@@ -185,4 +185,6 @@ def test_placement_on_gpus_rebatches_and_picks_zero(tiny_config, monkeypatch, ca
     assert plan.summary["launch"]["deepspeed_zero_stage"] == (stage if stage > 0 else None)
     if stage > 0:
         assert plan.deepspeed["zero_optimization"]["stage"] == stage
-    assert capsys.readouterr().out.startswith("placement: 335.1M parameters need")
+    # Other libraries (deepspeed's first import in a fresh venv) may write to stdout first: look for our line.
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert any(line.startswith("placement: 335.1M parameters need") for line in lines), lines

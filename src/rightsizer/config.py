@@ -144,7 +144,6 @@ class AdapterConfig(TrainingOptions):
         return self
 
 
-
 class ProbeConfig(TrainingOptions):
     model: str = Field("teacher", description="a teacher name (its pretrained model) or a model reference")
     layers: Literal["all"] | list[int] = "all"
