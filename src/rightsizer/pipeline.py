@@ -191,19 +191,40 @@ def compile_pipeline(config: RunConfig, output: str | Path) -> Path:
 
 
 @contextmanager
+def _environment(name: str, value: str):
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextmanager
 def _error_file():
     handle, path = tempfile.mkstemp(prefix="rightsizer-error-", suffix=".txt")
     os.close(handle)
-    previous = os.environ.get("RIGHTSIZER_ERROR_FILE")
-    os.environ["RIGHTSIZER_ERROR_FILE"] = path
     try:
-        yield Path(path)
+        with _environment("RIGHTSIZER_ERROR_FILE", path):
+            yield Path(path)
     finally:
-        if previous is None:
-            os.environ.pop("RIGHTSIZER_ERROR_FILE", None)
-        else:
-            os.environ["RIGHTSIZER_ERROR_FILE"] = previous
         Path(path).unlink(missing_ok=True)
+
+
+@contextmanager
+def _timing_lock(pipeline_root: Path):
+    """Tasks share this machine: latency is timed only while no other task trains (rightsizer.timing)."""
+    from rightsizer.timing import LOCK_ENV
+
+    lock = pipeline_root / ".timing.lock"
+    try:
+        with _environment(LOCK_ENV, str(lock)):
+            yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
@@ -219,7 +240,7 @@ def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
         os.environ.setdefault(variable, "1")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = build_pipeline(config)
-    with _error_file() as errors:
+    with _error_file() as errors, _timing_lock(pipeline_root):
         try:
             pipeline()
         except Exception as exc:  # the local runner raises RuntimeError naming the failed task

@@ -19,6 +19,7 @@ from rightsizer.errors import UserError
 from rightsizer.inference import encode_texts, predict_logits
 from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
 from rightsizer.outputs import read_json, stage_output, write_json
+from rightsizer.timing import quiet, times_itself
 
 
 def quality_metrics(predictions: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
@@ -78,6 +79,7 @@ def evaluate_model(model, tokenizer, split, label_names: list[str], config: RunC
     return metrics
 
 
+@times_itself
 def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, output_dir: str | Path,
         name: str | None = None, kind: str | None = None) -> dict:
     import torch
@@ -94,7 +96,8 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
         torch.set_num_threads(config.evaluation.threads)
     with stage_output(output_dir, "evaluate", config, name=name) as out:
         model, tokenizer = load_saved(model_dir)
-        metrics = evaluate_model(model, tokenizer, dataset["test"], card["label_names"], config)
+        with quiet():  # on a shared machine, time nothing while another stage trains
+            metrics = evaluate_model(model, tokenizer, dataset["test"], card["label_names"], config)
         params, _ = count_parameters(model)
         metrics.update({
             "name": name, "kind": kind, "params": params,
