@@ -18,6 +18,14 @@ os.environ.setdefault("RIGHTSIZER_QUIET", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def same_threads() -> dict:
+    """Both ways get the intra-op threads a local run gives each task, so only orchestration differs."""
+    from rightsizer.pipeline import local_threads
+
+    threads = os.environ.get("OMP_NUM_THREADS", str(local_threads()))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def direct(config_path: Path, overrides: list[str], work: Path) -> float:
     """The same stages, called as plain functions, in a fresh process (imports counted once)."""
     code = f"""
@@ -36,7 +44,7 @@ for t in config.teachers:
 report.run(config, work + '/data', metrics, work + '/report')
 """
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=same_threads())
     return time.perf_counter() - started
 
 
@@ -45,7 +53,7 @@ def pipeline(config_path: Path, overrides: list[str], work: Path) -> float:
     for override in overrides:
         command += ["--set", override]
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
+    subprocess.run(command, check=True, capture_output=True, env=same_threads())
     return time.perf_counter() - started
 
 

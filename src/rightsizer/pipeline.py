@@ -227,17 +227,22 @@ def _timing_lock(pipeline_root: Path):
         lock.unlink(missing_ok=True)
 
 
+def local_threads() -> int:
+    """Intra-op threads per task in a local run: kfp.local runs two loop iterations at once."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores // 2)
+
+
 def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
     """Run the pipeline with ``kfp.local.SubprocessRunner`` in this environment; return the run's dir."""
     from kfp import local
 
     pipeline_root = Path(pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    # kfp.local runs two loop iterations (and independent branches) at once; with tiny models one
-    # intra-op thread per task is as fast and avoids OpenMP oversubscription (10x slower) on small
-    # machines. A user's own OMP_NUM_THREADS wins.
+    # kfp.local runs two loop iterations at once: each task gets half the cores, which avoids OpenMP
+    # oversubscription (10x slower on a 2-core machine). A user's own OMP_NUM_THREADS wins.
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(variable, "1")
+        os.environ.setdefault(variable, str(local_threads()))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = build_pipeline(config)
     with _error_file() as errors, _timing_lock(pipeline_root):
