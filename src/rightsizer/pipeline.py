@@ -120,14 +120,19 @@ def build_pipeline(config: RunConfig):
         prep = apply_resources(parts.prepare(config_json=config_json), config, "prepare").set_display_name("prepare")
         data = prep.outputs["data"]
         report_inputs = {}
+
+        def scored(trained, stage: str, display: str, kind: str, name):
+            """Place a training task, and add the task that evaluates the model it writes."""
+            apply_resources(trained, config, stage).set_display_name(display)
+            evaluated = parts.evaluate(config_json=config_json, name=name, kind=kind, data=data,
+                                       candidate=trained.outputs["model"])
+            return apply_resources(evaluated, config, "evaluate").set_display_name(f"evaluate-{kind}")
+
         if teacher_names:
             with dsl.ParallelFor(teacher_names, name="teachers") as teacher_name:
                 teach = parts.teacher(config_json=config_json, name=teacher_name, data=data)
-                apply_resources(teach, config, "teachers").set_display_name("teacher")
-                scored = parts.evaluate(config_json=config_json, name=teacher_name, kind="teacher", data=data,
-                                        candidate=teach.outputs["model"])
-                apply_resources(scored, config, "evaluate").set_display_name("evaluate-teacher")
-            report_inputs["teacher_metrics"] = dsl.Collected(scored.outputs["metrics"])
+                evaluated = scored(teach, "teachers", "teacher", "teacher", teacher_name)
+            report_inputs["teacher_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
             if student_runs:
                 # one task sees every teacher (Collected can't feed a task inside a loop): it caches their
                 # logits on the training split; each student and each data-only control reads that bundle
@@ -137,11 +142,8 @@ def build_pipeline(config: RunConfig):
                 with dsl.ParallelFor(student_runs, name="students") as student_name:
                     distilled = parts.distill(config_json=config_json, name=student_name, data=data,
                                               teachers=gathered.outputs["bundle"])
-                    apply_resources(distilled, config, "students").set_display_name("distill")
-                    scored = parts.evaluate(config_json=config_json, name=student_name, kind="student", data=data,
-                                            candidate=distilled.outputs["model"])
-                    apply_resources(scored, config, "evaluate").set_display_name("evaluate-student")
-                report_inputs["student_metrics"] = dsl.Collected(scored.outputs["metrics"])
+                    evaluated = scored(distilled, "students", "distill", "student", student_name)
+                report_inputs["student_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if config.probe is not None:
             # runs beside the teachers; returns the slice depths (finetune_slices, 'auto' resolved from
             # its scores at run time), so the slice loop iterates over a task output
@@ -151,20 +153,14 @@ def build_pipeline(config: RunConfig):
             if config.probe.finetune_slices:
                 with dsl.ParallelFor(probed.outputs["Output"], name="slices") as depth:
                     sliced = parts.slice(config_json=config_json, layers=depth, data=data)
-                    apply_resources(sliced, config, "probe").set_display_name("slice")
-                    scored = parts.evaluate(config_json=config_json, name="", kind="slice", data=data,
-                                            candidate=sliced.outputs["model"])  # name from the slice's summary
-                    apply_resources(scored, config, "evaluate").set_display_name("evaluate-slice")
-                report_inputs["slice_metrics"] = dsl.Collected(scored.outputs["metrics"])
+                    evaluated = scored(sliced, "probe", "slice", "slice", "")  # name from the slice's summary
+                report_inputs["slice_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if adapter_names:
             # adapters start from pretrained bases, so they run beside the teachers, one task each
             with dsl.ParallelFor(adapter_names, name="adapters") as adapter_name:
                 adapted = parts.adapter(config_json=config_json, name=adapter_name, data=data)
-                apply_resources(adapted, config, "adapters").set_display_name("adapter")
-                scored = parts.evaluate(config_json=config_json, name=adapter_name, kind="adapter", data=data,
-                                        candidate=adapted.outputs["model"])
-                apply_resources(scored, config, "evaluate").set_display_name("evaluate-adapter")
-            report_inputs["adapter_metrics"] = dsl.Collected(scored.outputs["metrics"])
+                evaluated = scored(adapted, "adapters", "adapter", "adapter", adapter_name)
+            report_inputs["adapter_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if prompting_rows:
             # zero-/k-shot baselines: each task scores the test split itself and writes a metrics dir
             with dsl.ParallelFor(prompting_rows, name="prompting") as row_name:

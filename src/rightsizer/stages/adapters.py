@@ -244,8 +244,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             rows = dataset["validation"].select(range(min(CHECK_ROWS, len(dataset["validation"]))))
             reload_check, merge_check = _save_and_check(trained, tokenizer, rows, config, adapter, method, adapter_dir,
                                                         model_dir, "base" if save_base else reference)
-        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
-        write_json(out.work / "metrics.json", metrics)
+        write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
             "kind": "adapter", "method": adapter.method, "base": adapter.base, "base_model": reference,
             "base_teacher": teacher_name, "params": params, "base_params": base_params, "trainable_params": trainable,
@@ -254,8 +253,6 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             "r": adapter.r if "r" in method.uses else None, "merged": method.mergeable,
             "reload_check": reload_check, "merge_check": merge_check,
             **memory.as_summary(),
-            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
-            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics, **plan.summary,
+            **result.summary(), **plan.summary,
         })
     return out.summary

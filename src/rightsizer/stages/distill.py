@@ -187,7 +187,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
             max_length=config.data.max_length, deepspeed=plan.deepspeed, tokenized=tokenized, **fine_tune_kwargs,
         )
         history = result.log_history
-        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses,
+        metrics = {**result.metrics(),
                    **{key: [e[key] for e in history if key in e] for key in ("kd_loss", "ce_loss", "hidden_loss")}}
         write_json(out.work / "metrics.json", metrics)
         out.summary.update({
@@ -195,9 +195,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
             "temperature": student.temperature, "alpha": 0.0 if control else student.alpha,
             "hidden_weight": 0.0 if control else student.hidden_weight,
             "teacher_weighting": student.teacher_weighting, **facts,
-            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
-            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics, **plan.summary,
+            **result.summary(), **plan.summary,
             **({"throughput": result.extra["throughput"]} if "throughput" in result.extra else {}),
         })
         if control:

@@ -70,13 +70,10 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
             model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
             max_length=config.data.max_length, deepspeed=plan.deepspeed, **fine_tune_kwargs,
         )
-        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
-        write_json(out.work / "metrics.json", metrics)
+        write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
             "kind": "slice", "model": probe_reference(config), "family": family.name, "layers": depth,
             "full_layers": full_depth, "params": params, "trainable_params": trainable,
-            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
-            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics, **plan.summary,
+            **result.summary(), **plan.summary,
         })
     return out.summary

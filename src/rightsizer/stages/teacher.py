@@ -31,13 +31,10 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
             max_length=config.data.max_length, deepspeed=plan.deepspeed, **fine_tune_kwargs,
         )
-        metrics = {"validation": result.eval_metrics, "train": result.train_metrics, "losses": result.losses}
-        write_json(out.work / "metrics.json", metrics)
+        write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
             "kind": "teacher", "model": teacher.model, "params": params, "trainable_params": trainable,
-            "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s,
-            "tokens_per_s": result.tokens_per_s, "steps": result.steps, "resumed_from": result.resumed_from,
-            "validation": result.eval_metrics, **plan.summary,
+            **result.summary(), **plan.summary,
             "throughput": result.extra["throughput"],
         })
     return out.summary

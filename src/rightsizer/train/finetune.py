@@ -36,6 +36,16 @@ class FineTuneResult:
     def losses(self) -> list[float]:
         return [entry["loss"] for entry in self.log_history if "loss" in entry]
 
+    def metrics(self) -> dict[str, Any]:
+        """What a training stage writes to its metrics.json."""
+        return {"validation": self.eval_metrics, "train": self.train_metrics, "losses": self.losses}
+
+    def summary(self) -> dict[str, Any]:
+        """The training facts every training stage puts in its summary.json."""
+        return {"train_time_s": self.train_time_s, "samples_per_s": self.samples_per_s,
+                "tokens_per_s": self.tokens_per_s, "steps": self.steps, "resumed_from": self.resumed_from,
+                "validation": self.eval_metrics}
+
 
 def training_texts(dataset) -> list[str]:
     """Texts a preset's tokenizer is trained on: the train split's text (and text pair)."""
