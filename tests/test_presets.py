@@ -96,7 +96,8 @@ def set_values(args: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_documented_local_overrides_are_valid_and_download_nothing(path):
-    config = load_config(REPO / documented_command(path)[0], set_values(documented_command(path)))
+    args = documented_command(path)
+    config = load_config(REPO / args[0], set_values(args))
     assert config.data.source.startswith("builtin:")
     teachers = {t.name for t in config.teachers}
     references = [t.model for t in config.teachers] + [s.model for s in config.students]

@@ -79,3 +79,14 @@ def test_measuring_stages_are_marked(module):
     import importlib
 
     assert importlib.import_module(f"rightsizer.stages.{module}").run.times_itself
+
+
+@pytest.mark.parametrize("cores, threads", [(1, 1), (2, 1), (3, 1), (8, 4), (16, 8)])
+def test_local_tasks_get_half_the_cores(monkeypatch, cores, threads):
+    """kfp.local runs two loop iterations at once: each gets half the machine, never zero threads."""
+    import os
+
+    from rightsizer.pipeline import local_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert local_threads() == threads

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rightsizer.component_runtime import ERROR_FILE_ENV
 from rightsizer.config import RunConfig
 from rightsizer.errors import UserError
 
@@ -204,7 +205,7 @@ def _error_file():
     handle, path = tempfile.mkstemp(prefix="rightsizer-error-", suffix=".txt")
     os.close(handle)
     try:
-        with _environment("RIGHTSIZER_ERROR_FILE", path):
+        with _environment(ERROR_FILE_ENV, path):
             yield Path(path)
     finally:
         Path(path).unlink(missing_ok=True)
