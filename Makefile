@@ -1,5 +1,7 @@
 # rightsizer — the two commands: `make run` and `make test`.
-# The venv is cached in .venv and rebuilt only when pyproject.toml changes.
+# The venv is cached in .venv and rebuilt only when pyproject.toml or requirements.lock changes.
+# It installs the locked set (requirements.lock: every package at an exact version, with hashes);
+# `make lock` regenerates the lock from pyproject.toml's ranges (on purpose, with the suite green).
 # GPU users: make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
 
 PYTHON ?= python3.11
@@ -9,21 +11,42 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= test,deepspeed,kubeflow
 PYTEST_ARGS ?=
+comma := ,
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+UV_SPEC ?= uv==0.13.9
+# the lock is resolved for the images' and CI's platform; torch is left out (TORCH_SPEC installs it first)
+LOCK_PLATFORM := --python-version 3.11 --python-platform x86_64-manylinux_2_28
+# resolve against the CPU torch wheel (no CUDA packages in the lock): a local wheel folder where the
+# machine has one, else PyTorch's CPU index
+TORCH_CPU_SOURCE ?= $(if $(wildcard /opt/wheels/torch-*),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 
-.PHONY: run-real setup run test test-fast bench compile clean image image-cuda
+.PHONY: run-real setup lock run test test-fast bench compile clean image image-cuda
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=python3.x (3.10-3.12)"; exit 2; }
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing below pulls a different (CUDA) build
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# then exactly the locked set (hash-checked), then rightsizer itself without resolving anything again
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Regenerate requirements.lock from pyproject.toml's ranges (newest versions they allow, for EXTRAS).
+# Run the full suite before committing the new lock.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m uv --version >/dev/null 2>&1 || $(BIN)/pip install --quiet "$(UV_SPEC)"
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m uv pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTRAS)),--extra $(e)) \
+		--generate-hashes $(LOCK_PLATFORM) $(TORCH_CPU_SOURCE) -c $(VENV)/torch-constraint.txt \
+		--no-emit-package torch --custom-compile-command "make lock" -o $(LOCK)
 
 run: setup
 	$(BIN)/rightsizer run examples/demo.yaml --output runs/demo

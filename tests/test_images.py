@@ -63,7 +63,7 @@ def test_torch_first_then_the_package_with_extras_from_pyproject(flavour):
     assert set(extras) <= set(PYPROJECT["project"]["optional-dependencies"]) and "test" not in extras
     runs = [rest for op, rest in instructions(path) if op == "RUN"]
     torch_step = next(i for i, r in enumerate(runs) if 'pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"' in r)
-    package_step = next(i for i, r in enumerate(runs) if 'pip install ".[${EXTRAS}]"' in r)
+    package_step = next(i for i, r in enumerate(runs) if re.search(r'pip install (--no-deps )?"\.\[\$\{EXTRAS\}\]"', r))
     assert torch_step < package_step
 
 
