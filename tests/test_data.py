@@ -69,8 +69,37 @@ def test_integer_labels_and_bad_rows_dropped(tmp_path):
     data.to_csv(path, index=False)
     _, card = prepare_dataset(cfg(path), seed=0)
     assert card["label_names"] == ["0", "1", "2"]
-    assert card["dropped_rows"] == {"empty_text": 20, "missing_label": 10}
+    assert card["dropped_rows"] == {"empty_text": 20, "missing_label": 10, "unlabeled": 0}
     assert sum(card["rows"].values()) == 30
+
+
+def test_hidden_test_labels_are_dropped_not_a_class(tmp_path):
+    """GLUE-style test splits carry label -1 (hidden): dropped and counted, the test split made from train."""
+    from rightsizer.data import Loaded
+
+    texts = [f"sample {i} is {('bad', 'good')[i % 2]}" for i in range(80)]
+    labels = [i % 2 for i in range(80)]
+    hidden = pd.DataFrame({"text": [f"unseen {i}" for i in range(20)], "label": [-1] * 20})
+    declared = Loaded({"train": pd.DataFrame({"text": texts, "label": labels}), "test": hidden},
+                      label_names=["negative", "positive"])  # as datasets.ClassLabel declares them
+    dataset, card = prepare_dataset(cfg("hf:glue:sst2"), seed=0, loaded=declared)
+    assert card["label_names"] == ["negative", "positive"] and card["num_labels"] == 2
+    assert card["dropped_rows"]["unlabeled"] == 20 and card["unlabeled_splits"] == ["test"]
+    assert card["splits_from_source"] == ["train"] and card["rows"]["test"] == 16  # 0.2 of the 80 labelled rows
+    assert not any(text.startswith("unseen") for text in dataset["test"]["text"])
+    # the same from files: a test.csv whose labels are all -1 while train has none
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "train.csv", index=False)
+    hidden.to_csv(tmp_path / "test.csv", index=False)
+    _, card = prepare_dataset(cfg(tmp_path), seed=0)
+    assert card["label_names"] == ["0", "1"] and card["dropped_rows"]["unlabeled"] == 20
+    # -1 as a real class (sentiment -1/0/1) stays a class
+    pd.DataFrame({"text": texts[:60], "label": [i % 3 - 1 for i in range(60)]}).to_csv(tmp_path / "s.csv", index=False)
+    _, card = prepare_dataset(cfg(tmp_path / "s.csv"), seed=0)
+    assert card["label_names"] == ["-1", "0", "1"] and card["dropped_rows"]["unlabeled"] == 0
+    # nothing labelled to train on: one line naming the split
+    only_hidden = Loaded({"train": hidden, "test": hidden}, label_names=["negative", "positive"])
+    with pytest.raises(UserError, match=r"the train split of 'hf:glue:sst2' has no labels \(label -1"):
+        prepare_dataset(cfg("hf:glue:sst2"), seed=0, loaded=only_hidden)
 
 
 def test_split_is_stratified_and_seeded(tmp_path):

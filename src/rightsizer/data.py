@@ -191,11 +191,13 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
     wanted = {"text_column": text_column, "text_pair_column": pair_column, "label_column": data.label_column}
 
     cleaned: dict[str, pd.DataFrame] = {}
-    dropped = {"empty_text": 0, "missing_label": 0}
+    dropped = {"empty_text": 0, "missing_label": 0, "unlabeled": 0}
+    unlabeled_splits: list[str] = []
     for split, frame in loaded.splits.items():
         if len(frame) == 0:
             raise UserError(f"the {split} data of '{data.source}' has no rows")
         _check_columns(frame, wanted, split)
+    for split, frame in loaded.splits.items():
         out = pd.DataFrame({"text": frame[text_column]})
         if pair_column:
             out["text_pair"] = frame[pair_column]
@@ -204,9 +206,17 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
         if pair_column:
             empty |= _is_blank(out["text_pair"])
         missing = out["label"].isna() & ~empty
+        hidden = _hidden_labels(out["label"], split, loaded, data.label_column) & ~empty & ~missing
         dropped["empty_text"] += int(empty.sum())
         dropped["missing_label"] += int(missing.sum())
-        out = out[~(empty | missing)].reset_index(drop=True)
+        dropped["unlabeled"] += int(hidden.sum())
+        out = out[~(empty | missing | hidden)].reset_index(drop=True)
+        if len(out) == 0 and hidden.any():
+            if split in ("train", "all"):
+                raise UserError(f"the {split} split of '{data.source}' has no labels (label -1: hidden, as in a "
+                                "benchmark's test split); give labelled training data")
+            unlabeled_splits.append(split)  # a hidden-label test (or validation) split is made from train instead
+            continue
         out["text"] = out["text"].astype(str)
         if pair_column:
             out["text_pair"] = out["text_pair"].astype(str)
@@ -250,10 +260,31 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
             for name, frame in splits.items()
         },
         "dropped_rows": dropped,
-        "splits_from_source": sorted(s for s in loaded.splits if s != "all"),
+        "unlabeled_splits": unlabeled_splits,
+        "splits_from_source": sorted(s for s in cleaned if s != "all"),
         "mean_words": round(float(splits["train"]["text"].str.split().str.len().mean()), 1),
     }
     return dataset, card
+
+
+def _is_minus_one(labels: pd.Series) -> pd.Series:
+    return pd.to_numeric(labels, errors="coerce").eq(-1)
+
+
+def _hidden_labels(labels: pd.Series, split: str, loaded: Loaded, label_column: str) -> pd.Series:
+    """Rows whose label is hidden (-1, as in GLUE test splits): never a class of their own.
+
+    -1 means "no label" when the source declares its label names (a ``datasets`` ClassLabel), or when a
+    given split is all -1 while the training split has none; otherwise (e.g. sentiment -1/0/1) it is a class.
+    """
+    minus_one = _is_minus_one(labels)
+    if loaded.label_names is not None or not minus_one.any():
+        return minus_one
+    train = loaded.splits.get("train")
+    if split not in ("train", "all") and minus_one.all() and train is not None \
+            and not _is_minus_one(train[label_column]).any():
+        return minus_one
+    return pd.Series(False, index=labels.index)
 
 
 def _label_key(value: Any, declared: list[str] | None) -> str:
