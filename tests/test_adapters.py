@@ -160,6 +160,22 @@ def test_all_linear_targets_and_planned_steps(small_data, tmp_path):
     assert adapters.planned_steps(96, config.adapters[0]) == 12  # ceil(96 / 16) * 2
 
 
+def test_adalora_rank_budget_shrinks_on_a_real_schedule(small_data, tmp_path):
+    """AdaLoRA's schedule comes from the planned steps: it warms up, shrinks to r, and its final allocation runs."""
+    from rightsizer.stages import adapters
+
+    config = config_from_dict(adapter_raw({"name": "ada", "method": "adalora", "r": 2, "options": {"init_r": 6},
+                                           "max_steps": 6}))
+    summary = adapters.run(config, small_data, tmp_path / "ada")
+    budget = summary["rank_budget"]
+    assert (budget["tinit"], budget["tfinal"], budget["total_step"]) == (0, 1, 6)
+    assert budget["initial"] == 3 * budget["target"] > 0
+    assert budget["final"] == budget["target"]  # peft's final allocation (step total - tfinal) ran
+    saved = json.loads((tmp_path / "ada" / "adapter" / "adapter_config.json").read_text())
+    kept = [sum(pattern) for pattern in saved["rank_pattern"].values()]
+    assert sum(kept) == budget["target"] and max(kept) <= 6 and summary["reload_check"]["agreement"] == 1.0
+
+
 # -- user errors -----------------------------------------------------------------------------
 
 
@@ -170,6 +186,8 @@ def test_all_linear_targets_and_planned_steps(small_data, tmp_path):
     ({"method": "ia3", "target_modules": ["key", "value"], "options": {"feedforward_modules": ["dense"]}},
      r"feedforward_modules must also be in target_modules; add 'dense'"),
     ({"method": "adalora", "r": 8, "options": {"init_r": 4}}, r"init_r \(4\) must be >= r \(8\)"),
+    ({"method": "adalora", "options": {"tinit": 2, "tfinal": 1}}, r"\(adalora\): The supplied schedule values don't allow "
+     r"for a budgeting phase"),
 ])
 def test_adapter_stage_user_errors(adapter, message, small_data, tmp_path):
     from rightsizer.stages import adapters

@@ -91,9 +91,13 @@ def _adalora(spec: AdapterSpec):
         from rightsizer.errors import UserError
 
         raise UserError(f"adalora: options.init_r ({init_r}) must be >= r ({spec.r}), the target rank")
+    # the rank schedule from the planned steps: warm up at init_r for tinit steps, shrink the budget to r, and from
+    # total - tfinal on train at the final ranks (peft's defaults of 0 never reach its final allocation step)
+    tinit = options.pop("tinit", spec.total_steps // 10)
+    tfinal = options.pop("tfinal", max(1, spec.total_steps // 5) if spec.total_steps >= 2 else 0)
     return AdaLoraConfig(task_type=TASK_TYPE, target_r=spec.r, init_r=init_r, lora_alpha=spec.alpha,
                          lora_dropout=spec.dropout, target_modules=_targets(spec), total_step=spec.total_steps,
-                         **options)
+                         tinit=tinit, tfinal=tfinal, **options)
 
 
 def _ia3(spec: AdapterSpec):

@@ -161,6 +161,17 @@ def rank_allocation_callback(peft_model):
     return RankAllocation()
 
 
+def rank_budget(peft_model) -> dict | None:
+    """AdaLoRA: the total rank it started with, the one it ended with, and its schedule (None for other methods)."""
+    config = peft_model.peft_config["default"]
+    if not hasattr(config, "tinit"):
+        return None
+    final = sum(sum(bool(kept) for kept in pattern) for pattern in (config.rank_pattern or {}).values())
+    modules = sum(1 for name, _ in peft_model.named_parameters() if ".lora_E." in name)
+    return {"initial": config.init_r * modules, "target": config.target_r * modules, "final": final or None,
+            "tinit": config.tinit, "tfinal": config.tfinal, "total_step": config.total_step}
+
+
 def _logits(model, tokenizer, rows, config: RunConfig, batch_size: int) -> np.ndarray:
     logits, _, _ = predict_logits(model, tokenizer, rows, config.data.max_length, batch_size)
     return logits
@@ -237,6 +248,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
                 peft_model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
                 max_length=config.data.max_length, deepspeed=plan.deepspeed,
                 callbacks=callbacks, save_model=False, tokenized=tokenized, **fine_tune_kwargs)
+        budget = rank_budget(peft_model)  # before merging takes the adapter's layers away
         reload_check = merge_check = None
         if rank_zero:
             trained = result.extra["trainer"].model
@@ -251,7 +263,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             "trainable_share": round(trainable / params, 9) if params else None,
             "target_modules": sorted(adapted) if isinstance(adapted, (set, list, tuple)) else adapted,
             "r": adapter.r if "r" in method.uses else None, "merged": method.mergeable,
-            "reload_check": reload_check, "merge_check": merge_check,
+            "reload_check": reload_check, "merge_check": merge_check, "rank_budget": budget,
             **memory.as_summary(),
             **result.summary(), **plan.summary,
         })
