@@ -17,7 +17,6 @@ def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact],
            slice_metrics: Optional[Input[List[Artifact]]] = None,
            other_metrics: Optional[Input[List[Artifact]]] = None,
            probe: Optional[Input[Artifact]] = None):
-    import json
     import os
     import shutil
 
@@ -30,17 +29,6 @@ def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact],
                        probe_dir=probe.path if probe is not None else None)
     shutil.copyfile(os.path.join(report_dir.path, "report.md"), markdown.path)
     shutil.copyfile(os.path.join(report_dir.path, "report.html"), html.path)
-    best = next((c for c in leaderboard["candidates"] if c["kind"] != "baseline"), leaderboard["candidates"][0])
-    headline.log_metric("best_" + leaderboard["metric"], float(best[leaderboard["metric"]]))
-    if leaderboard["recommended"]:
-        chosen = next(c for c in leaderboard["candidates"] if c["name"] == leaderboard["recommended"])
-        headline.log_metric("recommended_" + leaderboard["metric"], float(chosen[leaderboard["metric"]]))
-        if chosen.get("latency_ms") is not None:
-            headline.log_metric("recommended_latency_ms", float(chosen["latency_ms"]))
-    with open(os.path.join(report_dir.path, "report.json")) as handle:
-        details = json.load(handle)
-    if details.get("cost"):
-        headline.log_metric("recommended_points_lost", float(details["cost"]["quality_points_lost"]))
-    if details["speed"].get("recommended_speedup"):
-        headline.log_metric("recommended_speedup_vs_teacher", float(details["speed"]["recommended_speedup"]))
+    for key, value in stage.headline(report_dir.path).items():
+        headline.log_metric(key, value)
     report_dir.metadata["recommended"] = leaderboard["recommended"] or ""

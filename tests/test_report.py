@@ -253,6 +253,10 @@ def test_report_stage_writes_a_self_contained_report(tmp_path, demo_data, tiny_c
     assert details["speed"]["recommended_speedup"] == pytest.approx(2.5)
     assert flag_set(details["flags"]) == {("distillation_no_gain", "student-2l")}
     assert details["pareto_front"] == ["student-2l-nodistill"]  # as good as any and the fastest
+    # what the report task shows in the KFP UI
+    assert report.headline(out) == pytest.approx({"best_macro_f1": 0.90, "recommended_macro_f1": 0.90,
+                                                  "recommended_latency_ms": 4.0, "recommended_points_lost": 0.0,
+                                                  "recommended_speedup_vs_teacher": 2.5})
 
     for name in ("pareto.png", "confusion.png", "probe.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name

@@ -1,0 +1,86 @@
+"""Stage: report. Every candidate's metrics -> ``leaderboard.json``, ``report.md`` and ``report.html``.
+
+This is the product's answer to *how small a model can we get away with?* The recommendation is
+the smallest candidate (by ``report.size_by``: latency, params or size on disk) whose metric is
+within ``report.tolerance`` of the best, with what it costs against the best (points of quality,
+x faster, x smaller) and whether anything within tolerance is ``report.speedup_target`` times
+faster than the best teacher — or an honest "none qualifies". A majority-class baseline row shows
+what "learned nothing" scores.
+
+Besides the leaderboard the report draws quality against latency (``pareto.png``: marker area =
+parameters, colour = kind, the Pareto front, the recommendation ringed), the confusion matrices of
+the recommended and the best candidate (``confusion.png``) and, when a probe ran, its per-layer
+curve with the fine-tuned slices on it (``probe.png``). It flags candidates no better than the
+baseline, students that distillation did not help (against their ``-nodistill`` control) and
+adapters that beat full fine-tuning of their base. ``report.html`` is self-contained: styles
+inline, figures embedded as base64 PNG, no external URL.
+"""
+
+from __future__ import annotations
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rightsizer.config import RunConfig
+from rightsizer.data import load_prepared
+from rightsizer.outputs import stage_output, write_json
+from rightsizer.stages.report.decision import (
+    COMPARATIVES, EPSILON, METRIC_NAMES, SIZE_KEYS, SIZE_WORDS, best_candidate, cost_statement, distillation_effects,
+    find_flags, headline_metrics, pareto_front, recommend, recommendation, speed_verdict, trainable_percent, trained)
+from rightsizer.stages.report.figures import KIND_COLOURS, KINDS, plot_confusions, plot_pareto, plot_probe, slice_depth
+from rightsizer.stages.report.files import LEADERBOARD_KEYS, baseline_row, collect_metrics, headline, read_probe
+from rightsizer.stages.report.render import render_html, render_markdown, table_cells
+
+__all__ = ["COMPARATIVES", "EPSILON", "KINDS", "KIND_COLOURS", "LEADERBOARD_KEYS", "METRIC_NAMES", "SIZE_KEYS",
+           "SIZE_WORDS", "baseline_row", "best_candidate", "build_report", "collect_metrics", "cost_statement",
+           "distillation_effects", "find_flags", "headline", "headline_metrics", "pareto_front", "plot_confusions", "plot_pareto", "plot_probe",
+           "read_probe", "recommend", "recommendation", "render_html", "render_markdown", "run", "slice_depth",
+           "speed_verdict", "table_cells", "trainable_percent", "trained"]
+
+
+def build_report(rows: list[dict], config: RunConfig) -> dict:
+    """Everything the report says, as data (saved as report.json)."""
+    settings = config.report
+    metric = settings.metric
+    decision = recommendation(rows, metric, settings.tolerance, settings.size_by, settings.speedup_target)
+    return {"name": config.name, "metric": metric, "tolerance": settings.tolerance, "size_by": settings.size_by,
+            **decision, "pareto_front": [row["name"] for row in pareto_front(rows, metric)],
+            "flags": find_flags(rows, metric, config), "distillation": distillation_effects(rows, metric)}
+
+
+def run(config: RunConfig, data_dir: str | Path, metrics_dirs: list[str | Path], output_dir: str | Path,
+        probe_dir: str | Path | None = None) -> dict:
+    dataset, card = load_prepared(data_dir)
+    rows = collect_metrics(metrics_dirs)
+    rows.append(baseline_row(dataset, card))
+    probe = read_probe(probe_dir)
+    metric = config.report.metric
+    rows.sort(key=lambda r: (-(r.get(metric) or 0.0), r["name"]))
+    report = build_report(rows, config)
+    leaderboard = {
+        "metric": metric, "tolerance": config.report.tolerance, "recommended": report["recommended"],
+        "reason": report["reason"],
+        "candidates": [{key: row.get(key) for key in LEADERBOARD_KEYS} for row in rows],
+    }
+    by_name = {row["name"]: row for row in rows}
+    with stage_output(output_dir, "report", config, name="report") as out:
+        figures: dict[str, Path] = {}
+        if plot_pareto(rows, metric, report, config.report.tolerance, out.work / "pareto.png"):
+            figures["pareto"] = out.work / "pareto.png"
+        shown = [by_name[n] for n in dict.fromkeys([report["recommended"], report["best"]]) if n in by_name]
+        if plot_confusions(shown, out.work / "confusion.png"):
+            figures["confusion"] = out.work / "confusion.png"
+        if probe is not None:
+            write_json(out.work / "probe.json", probe)
+            if plot_probe(probe, rows, metric, out.work / "probe.png"):
+                figures["probe"] = out.work / "probe.png"
+        write_json(out.work / "leaderboard.json", leaderboard)
+        write_json(out.work / "candidates.json", rows)
+        write_json(out.work / "report.json", report)
+        (out.work / "report.md").write_text(render_markdown(report, rows, card, {k: p.name for k, p in figures.items()}))
+        (out.work / "report.html").write_text(render_html(report, rows, card, figures))
+        out.summary.update({"recommended": report["recommended"], "best": report["best"], "candidates": len(rows),
+                            "meets_speedup_target": report["speed"]["meets_target"],
+                            "flags": [flag["flag"] + ":" + flag["candidate"] for flag in report["flags"]]})
+    return leaderboard

@@ -1,0 +1,171 @@
+"""The report's figures: quality against latency (Pareto), confusion matrices, the layer probe.
+
+matplotlib's object API on the Agg canvas: no global pyplot state, no display. Each function takes
+rows (and the decision) and writes one PNG, returning whether it drew anything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from rightsizer.stages.report.decision import METRIC_NAMES, _points, pareto_front, trained
+
+KINDS = ("teacher", "student", "adapter", "slice", "prompting", "baseline")
+KIND_COLOURS = {"teacher": "#1f77b4", "student": "#2ca02c", "adapter": "#ff7f0e", "slice": "#9467bd",
+                "prompting": "#8c564b", "baseline": "#7f7f7f"}
+
+
+def slice_depth(row: dict) -> int | None:
+    """How many layers a slice keeps: its ``layers`` (a depth or a list of layers) or its ``-L<k>`` name."""
+    layers = row.get("layers")
+    if isinstance(layers, int):
+        return layers
+    if isinstance(layers, list) and layers:
+        return len(layers)
+    found = re.search(r"-L(\d+)$", row.get("name", ""))
+    return int(found.group(1)) if found else None
+
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def plot_pareto(rows: list[dict], metric: str, decision: dict, tolerance: float, path: Path) -> bool:
+    """Quality against p50 latency: marker area = parameters, colour = kind, the Pareto front as a
+    staircase, the tolerance band under the best, the baseline as a line, the recommendation ringed."""
+    pool = [row for row in trained(rows, metric) if row.get("latency_ms") is not None]
+    if not pool:
+        return False
+    name = METRIC_NAMES.get(metric, metric)
+    figure = _figure(7.5, 4.8)
+    axes = figure.add_subplot()
+    largest = max((row.get("params") or 0) for row in pool) or 1
+
+    def area(row: dict) -> float:
+        return 40 + 900 * math.sqrt((row.get("params") or 0) / largest)
+
+    for kind in KINDS:
+        group = [row for row in pool if row["kind"] == kind]
+        if group:
+            axes.scatter([row["latency_ms"] for row in group], [row[metric] for row in group],
+                         s=[area(row) for row in group], c=KIND_COLOURS[kind], alpha=0.7, edgecolors="white",
+                         linewidths=0.8, label=kind, zorder=3)
+    others = [row for row in pool if row["kind"] not in KINDS]
+    if others:
+        axes.scatter([row["latency_ms"] for row in others], [row[metric] for row in others],
+                     s=[area(row) for row in others], c="#17becf", alpha=0.7, label="other", zorder=3)
+    front = pareto_front(pool, metric)
+    if front:
+        xs = [row["latency_ms"] for row in front]
+        ys = [row[metric] for row in front]
+        axes.step(xs + [max(row["latency_ms"] for row in pool) * 1.15], ys + ys[-1:], where="post", color="black",
+                  linewidth=1.2, linestyle="--", alpha=0.7, label="Pareto front", zorder=2)
+    best = next(row for row in pool if row["name"] == decision["best"]) if decision.get("best") else None
+    if best is not None:
+        axes.axhspan(best[metric] - tolerance, best[metric], color="#2ca02c", alpha=0.10, zorder=1,
+                     label=f"within {_points(tolerance)} of best")
+    scores = [row[metric] for row in pool] + ([best[metric] - tolerance] if best is not None else [])
+    margin = max(max(scores) - min(scores), 0.02) * 0.12
+    low, high = min(scores) - margin, max(scores) + margin
+    baseline = next((row for row in rows if row.get("kind") == "baseline" and row.get(metric) is not None), None)
+    if baseline is not None and baseline[metric] >= low:
+        axes.axhline(baseline[metric], color=KIND_COLOURS["baseline"], linestyle=":", linewidth=1.2,
+                     label="majority baseline", zorder=1)
+    elif baseline is not None:  # far below every candidate: say so rather than squash the axis
+        axes.plot([], [], color=KIND_COLOURS["baseline"], linestyle=":", label=f"majority baseline {baseline[metric]:.3f} (off the axis)")
+    axes.set_ylim(low, high)
+    chosen = next((row for row in pool if row["name"] == decision.get("recommended")), None)
+    if chosen is not None:
+        axes.scatter([chosen["latency_ms"]], [chosen[metric]], s=area(chosen) * 2.2 + 120, facecolors="none",
+                     edgecolors="crimson", linewidths=2.2, label="recommended", zorder=4)
+    points: dict[tuple[float, float], list[dict]] = {}
+    for row in pool:  # one label per point: candidates that coincide share it
+        points.setdefault((row["latency_ms"], row[metric]), []).append(row)
+    for (latency, score), together in points.items():
+        axes.annotate(", ".join(row["name"] for row in together), (latency, score), textcoords="offset points",
+                      xytext=(8, 6), fontsize=8, weight="bold" if chosen in together else "normal")
+    latencies = [row["latency_ms"] for row in pool if row["latency_ms"] > 0]
+    if latencies and max(latencies) / min(latencies) > 20:
+        axes.set_xscale("log")
+    axes.set_xlabel("latency p50 (ms per example)")
+    axes.set_ylabel(f"{name} (test)")
+    axes.set_title(f"{name} against latency — marker area ∝ parameters")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8, markerscale=0.5, framealpha=0.85)
+    figure.savefig(path)
+    return True
+
+
+def plot_confusions(rows: list[dict], path: Path) -> bool:
+    """Row-normalised confusion matrices (counts written in the cells), one panel per row."""
+    shown = [row for row in rows if row.get("confusion_matrix")]
+    if not shown:
+        return False
+    labels = shown[0].get("labels") or [str(i) for i in range(len(shown[0]["confusion_matrix"]))]
+    side = min(2.2 + 0.45 * len(labels), 9)
+    figure = _figure(side * len(shown) + 0.8, side + 0.4)
+    for index, row in enumerate(shown, 1):
+        counts = np.asarray(row["confusion_matrix"], dtype=float)
+        recall = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        axes = figure.add_subplot(1, len(shown), index)
+        image = axes.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+        names = row.get("labels") or labels
+        axes.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        axes.set_yticks(range(len(names)), names, fontsize=8)
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true")
+        axes.set_title(f"{row['name']} ({row['kind']})", fontsize=10)
+        if len(names) <= 12:
+            for (i, j), value in np.ndenumerate(counts):
+                axes.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=8,
+                          color="white" if recall[i, j] > 0.6 else "black")
+    figure.colorbar(image, ax=figure.axes, shrink=0.8, label="share of the true class")
+    figure.savefig(path)
+    return True
+
+
+def plot_probe(probe: dict, rows: list[dict], metric: str, path: Path) -> bool:
+    """The probe's per-layer score (linear probe on frozen layers) with each fine-tuned slice and
+    the fine-tuned full model drawn at their depth: how much of the model the task needs."""
+    layers = [entry for entry in probe.get("layers", []) if isinstance(entry, dict) and "layer" in entry]
+    if not layers:
+        return False
+    name = METRIC_NAMES.get(metric, metric)
+    figure = _figure(7, 4)
+    axes = figure.add_subplot()
+    depths = [entry["layer"] for entry in layers]
+    for split, style in (("validation", "o-"), ("test", "s--")):
+        scores = [entry.get(split, {}).get(metric) for entry in layers]
+        if all(score is not None for score in scores):
+            axes.plot(depths, scores, style, label=f"linear probe ({split})", alpha=0.8)
+    slices = [(slice_depth(row), row) for row in rows if row.get("kind") == "slice" and row.get(metric) is not None]
+    slices = [(depth, row) for depth, row in slices if depth is not None]
+    if slices:
+        axes.scatter([d for d, _ in slices], [row[metric] for _, row in slices], marker="D", s=70,
+                     c=KIND_COLOURS["slice"], label="fine-tuned slice (test)", zorder=3)
+        for depth, row in slices:
+            axes.annotate(row["name"], (depth, row[metric]), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    full = next((row for row in rows if row.get("name") == probe.get("model") and row.get(metric) is not None), None)
+    if full is not None and probe.get("depth"):
+        axes.scatter([probe["depth"]], [full[metric]], marker="*", s=160, c=KIND_COLOURS.get(full.get("kind"), "black"),
+                     label=f"{full['name']}, fine-tuned (test)", zorder=3)
+    chance = (probe.get("chance") or {}).get("majority", {}).get(metric)
+    if chance is not None:
+        axes.axhline(chance, color="grey", linestyle=":", label="majority class")
+    if probe.get("best_layer") is not None:
+        axes.axvline(probe["best_layer"], color="grey", alpha=0.4, linewidth=6, label=f"best probe layer ({probe['best_layer']})")
+    axes.set_xlabel("layers kept (depth)")
+    axes.set_ylabel(name)
+    axes.set_xticks(sorted(set(depths) | {d for d, _ in slices}))
+    axes.set_title(f"layer probe: {probe.get('model', '?')}")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.savefig(path)
+    return True

@@ -1,0 +1,60 @@
+"""The report's inputs: the evaluations' metrics directories, the probe output, the majority baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rightsizer.errors import UserError
+from rightsizer.outputs import read_json
+from rightsizer.stages.report.decision import headline_metrics
+
+LEADERBOARD_KEYS = ("name", "kind", "accuracy", "macro_f1", "params", "trainable_params", "size_mb",
+                    "latency_ms", "latency_p95_ms", "throughput_per_s")
+
+
+def baseline_row(dataset, card: dict) -> dict:
+    """Majority class of the training split, predicted for every test example."""
+    from rightsizer.stages.evaluate import quality_metrics
+
+    train_counts = np.bincount(np.asarray(dataset["train"]["label"]), minlength=card["num_labels"])
+    majority = int(train_counts.argmax())
+    labels = np.asarray(dataset["test"]["label"])
+    metrics = quality_metrics(np.full_like(labels, majority), labels, card["label_names"])
+    return {"name": "majority-baseline", "kind": "baseline", "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "params": 0, "trainable_params": 0, "size_mb": 0.0, "latency_ms": 0.0, "latency_p95_ms": 0.0,
+            "throughput_per_s": None, "majority_label": card["label_names"][majority],
+            "confusion_matrix": metrics["confusion_matrix"], "labels": metrics["labels"]}
+
+
+
+def collect_metrics(metrics_dirs: list[str | Path]) -> list[dict]:
+    rows = []
+    for directory in metrics_dirs:
+        path = Path(directory) / "metrics.json"
+        if not path.exists():
+            raise UserError(f"'{directory}' has no metrics.json; give evaluation outputs")
+        rows.append(read_json(path))
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row["name"]] = seen.get(row["name"], 0) + 1
+    repeated = sorted(name for name, count in seen.items() if count > 1)
+    if repeated:
+        raise UserError(f"candidate names must be unique; repeated: {', '.join(repeated)} (rename them in the config)")
+    return rows
+
+
+def read_probe(probe_dir: str | Path | None) -> dict | None:
+    if probe_dir is None:
+        return None
+    path = Path(probe_dir) / "probe.json"
+    if not path.exists():
+        raise UserError(f"'{probe_dir}' has no probe.json; give the probe stage's output")
+    return read_json(path)
+
+
+def headline(output_dir: str | Path) -> dict[str, float]:
+    """:func:`headline_metrics` of a finished report directory."""
+    output_dir = Path(output_dir)
+    return headline_metrics(read_json(output_dir / "leaderboard.json"), read_json(output_dir / "report.json"))

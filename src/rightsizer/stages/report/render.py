@@ -1,0 +1,145 @@
+"""The report as text: the leaderboard table, Markdown and a self-contained HTML page.
+
+``report.html`` inlines its styles and embeds the figures as base64 PNG: no external URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+
+from rightsizer import __version__
+from rightsizer.stages.report.decision import _fmt_percent, _points, trainable_percent
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value / 1e6:.2f}M"
+    return str(value)
+
+
+
+FIGURE_CAPTIONS = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
+TABLE_COLUMNS = ("rank", "candidate", "kind", "accuracy", "macro-F1", "latency p50 (ms)", "p95 (ms)", "throughput (/s)",
+                 "params", "trainable", "size (MB)", "train time (s)", "Pareto")
+
+
+def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
+    """The leaderboard as text cells, one list per row (shared by Markdown and HTML)."""
+    front = set(report["pareto_front"])
+    cells = []
+    for rank, row in enumerate(rows, 1):
+        marks = (" ⭐" if row["name"] == report["recommended"] else "") + (" (best)" if row["name"] == report["best"] else "")
+        measured = row.get("kind") != "baseline"  # the baseline's zeros are not measurements
+        cells.append([str(rank), row["name"] + marks, row["kind"], _fmt(row.get("accuracy")), _fmt(row.get("macro_f1")),
+                      *(_fmt(row.get(key), digits) if measured else "–" for key, digits in
+                        (("latency_ms", 3), ("latency_p95_ms", 3), ("throughput_per_s", 1), ("params", 4))),
+                      _fmt_percent(trainable_percent(row)) if measured else "–",
+                      _fmt(row.get("size_mb"), 2) if measured else "–", _fmt(row.get("train_time_s"), 1),
+                      "●" if row["name"] in front else ""])
+    return cells
+
+
+def _data_line(card: dict, code: bool = False) -> str:
+    rows = card.get("rows", {})
+    source = f"`{card.get('source', '?')}`" if code else card.get("source", "?")
+    return (f"Data: {source} — {rows.get('train', '?')} train / {rows.get('validation', '?')} validation / "
+            f"{rows.get('test', '?')} test rows, {card.get('num_labels', '?')} classes ({', '.join(card.get('label_names', []))}).")
+
+
+def _settings_line(report: dict) -> str:
+    return (f"Metric: {report['metric']} on the test split; tolerance: {report['tolerance']:g} ({_points(report['tolerance'])}); "
+            f"size measured by {report['size_by']}; speed target: {report['speed']['target']:g}× faster than the best teacher.")
+
+
+def render_markdown(report: dict, rows: list[dict], card: dict, figures: dict[str, str]) -> str:
+    lines = [f"# rightsizer report: {report['name']}", "", _data_line(card, code=True), "",
+             "## Recommendation", ""]
+    if report["recommended"]:
+        lines.append("Recommended: " + report["reason"].replace(report["recommended"], f"**{report['recommended']}**", 1) + ".")
+    else:
+        lines.append(f"None: {report['reason']}.")
+    if report["cost_statement"]:
+        lines += ["", report["cost_statement"]]
+    lines += ["", report["speed"]["statement"], "", _settings_line(report), ""]
+    if report["flags"]:
+        lines += ["## Flags", ""] + [f"- ⚠️ {flag['message']}." for flag in report["flags"]] + [""]
+    lines += ["## Leaderboard", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
+              "|" + "|".join("---" if c in ("candidate", "kind", "Pareto") else "---:" for c in TABLE_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, report)]
+    lines += ["", "⭐ recommended · ● on the Pareto front of quality against latency", ""]
+    if report["distillation"]:
+        lines += ["## Distillation against its control", "", "| student | with teacher | control | without | gain (pt) |",
+                  "|---|---:|---|---:|---:|"]
+        lines += [f"| {e['student']} | {e['student_score']:.4f} | {e['control']} | {e['control_score']:.4f} | {e['gain_points']:+.1f} |"
+                  for e in report["distillation"]] + [""]
+    for key, caption in FIGURE_CAPTIONS.items():
+        if key in figures:
+            lines += [f"## {caption}", "", f"![{caption}]({figures[key]})", ""]
+    return "\n".join(lines)
+
+
+HTML_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.muted{color:#666;font-size:.9em}.box{background:#f3f8f3;border-left:4px solid #2ca02c;padding:.6em 1em;margin:1em 0}
+.box.none{background:#fbf5ec;border-color:#e08a00}.flags li{margin:.3em 0}
+table{border-collapse:collapse;font-size:.88em;width:100%}th,td{padding:.35em .6em;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
+th{background:#fafafa}td.l,th.l{text-align:left}tr.rec td{background:#fff7d6;font-weight:600}tr.baseline td{color:#888}
+img{max-width:100%;height:auto;border:1px solid #eee}
+"""
+
+
+LEFT = ' class="l"'
+
+
+def _embed(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def render_html(report: dict, rows: list[dict], card: dict, figures: dict[str, Path]) -> str:
+    """One self-contained page: inline style, figures as base64 data URIs, no external URL."""
+    e = html.escape
+    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>rightsizer report: {e(report['name'])}</title><style>{HTML_STYLE}</style></head><body>",
+             f"<h1>rightsizer report: {e(report['name'])}</h1>", f'<p class="muted">{e(_data_line(card))}</p>',
+             "<h2>Recommendation</h2>"]
+    if report["recommended"]:
+        name = e(report["recommended"])
+        parts.append(f'<div class="box"><p>Recommended: {e(report["reason"]).replace(name, f"<strong>{name}</strong>", 1)}.</p>')
+    else:
+        parts.append(f'<div class="box none"><p>None: {e(report["reason"])}.</p>')
+    if report["cost_statement"]:
+        parts.append(f"<p>{e(report['cost_statement'])}</p>")
+    parts.append(f"<p>{e(report['speed']['statement'])}</p></div>")
+    parts.append(f'<p class="muted">{e(_settings_line(report))}</p>')
+    if report["flags"]:
+        parts.append('<h2>Flags</h2><ul class="flags">')
+        parts += [f"<li>⚠️ {e(flag['message'])}.</li>" for flag in report["flags"]]
+        parts.append("</ul>")
+    parts.append("<h2>Leaderboard</h2><table><thead><tr>")
+    parts += [f'<th{LEFT if c in ("candidate", "kind") else ""}>{e(c)}</th>' for c in TABLE_COLUMNS]
+    parts.append("</tr></thead><tbody>")
+    for row, cells in zip(rows, table_cells(rows, report)):
+        css = ' class="rec"' if row["name"] == report["recommended"] else ' class="baseline"' if row.get("kind") == "baseline" else ""
+        parts.append(f'<tr{css}>' + "".join(
+            f'<td{LEFT if column in ("candidate", "kind") else ""}>{e(cell)}</td>'
+            for column, cell in zip(TABLE_COLUMNS, cells)) + "</tr>")
+    parts.append('</tbody></table><p class="muted">⭐ recommended · ● on the Pareto front of quality against latency · '
+                 "latency is end to end (tokenize + forward) per example</p>")
+    if report["distillation"]:
+        parts.append("<h2>Distillation against its control</h2><table><thead><tr><th class=\"l\">student</th><th>with teacher</th>"
+                     "<th class=\"l\">control</th><th>without</th><th>gain (pt)</th></tr></thead><tbody>")
+        parts += [f'<tr><td class="l">{e(x["student"])}</td><td>{x["student_score"]:.4f}</td><td class="l">{e(x["control"])}</td>'
+                  f'<td>{x["control_score"]:.4f}</td><td>{x["gain_points"]:+.1f}</td></tr>' for x in report["distillation"]]
+        parts.append("</tbody></table>")
+    for key, caption in FIGURE_CAPTIONS.items():
+        if key in figures:
+            parts.append(f'<h2>{caption}</h2><img alt="{caption}" src="{_embed(figures[key])}">')
+    parts.append(f'<p class="muted">rightsizer {e(__version__)} · {e(time.strftime("%Y-%m-%d %H:%M"))}</p></body></html>')
+    return "\n".join(parts)
