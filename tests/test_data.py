@@ -12,9 +12,9 @@ from rightsizer.data import prepare_dataset, tokenize
 from rightsizer.errors import UserError
 
 
-def frame(n: int = 60, classes=("a", "b", "c")) -> pd.DataFrame:
-    return pd.DataFrame({"review": [f"text number {i} about {classes[i % len(classes)]}" for i in range(n)],
-                         "sentiment": [classes[i % len(classes)] for i in range(n)]})
+def frame(n: int = 60, classes=("a", "b", "c"), start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"review": [f"text number {i} about {classes[i % len(classes)]}" for i in range(start, start + n)],
+                         "sentiment": [classes[i % len(classes)] for i in range(start, start + n)]})
 
 
 def cfg(source, **kwargs) -> DataConfig:
@@ -25,7 +25,9 @@ def test_builtin_demo_is_deterministic_and_balanced():
     first, card = prepare_dataset(cfg("builtin:demo"), seed=1)
     second, _ = prepare_dataset(cfg("builtin:demo"), seed=1)
     assert card["label_names"] == ["negative", "neutral", "positive"]
-    assert card["rows"] == {"train": 2800, "validation": 400, "test": 800}
+    removed = card["leakage"]["removed"]  # short reviews repeat; duplicates of training texts leave validation/test
+    assert 0 < removed["test"] < 20
+    assert card["rows"] == {"train": 2800, "validation": 400 - removed["validation"], "test": 800 - removed["test"]}
     assert first["test"]["text"] == second["test"]["text"]
     for split, counts in card["class_balance"].items():
         assert max(counts.values()) - min(counts.values()) <= 0.02 * sum(counts.values()), (split, counts)
@@ -56,8 +58,8 @@ def test_local_files(tmp_path, suffix):
 
 def test_directory_with_given_splits_is_used_as_is(tmp_path):
     frame(60).to_csv(tmp_path / "train.csv", index=False)
-    frame(30).to_csv(tmp_path / "validation.csv", index=False)
-    frame(21).to_csv(tmp_path / "test.csv", index=False)
+    frame(30, start=60).to_csv(tmp_path / "validation.csv", index=False)
+    frame(21, start=90).to_csv(tmp_path / "test.csv", index=False)
     _, card = prepare_dataset(cfg(tmp_path, text_column="review", label_column="sentiment"), seed=0)
     assert card["rows"] == {"train": 60, "validation": 30, "test": 21}
     assert card["splits_from_source"] == ["test", "train", "validation"]
@@ -67,7 +69,7 @@ def test_integer_labels_and_bad_rows_dropped(tmp_path):
     data = pd.DataFrame({"text": ["good", "bad", "", None, "fine", "ok"] * 10, "label": [1, 0, 1, 0, None, 2] * 10})
     path = tmp_path / "d.csv"
     data.to_csv(path, index=False)
-    _, card = prepare_dataset(cfg(path), seed=0)
+    _, card = prepare_dataset(cfg(path, dedupe=False), seed=0)  # ten copies of each text
     assert card["label_names"] == ["0", "1", "2"]
     assert card["dropped_rows"] == {"empty_text": 20, "missing_label": 10, "unlabeled": 0}
     assert sum(card["rows"].values()) == 30
@@ -115,7 +117,7 @@ def test_split_is_stratified_and_seeded(tmp_path):
 
 def test_given_split_missing_a_class_is_refused(tmp_path):
     frame(60).to_csv(tmp_path / "train.csv", index=False)
-    frame(30, classes=("a", "b")).to_csv(tmp_path / "validation.csv", index=False)
+    frame(30, classes=("a", "b"), start=60).to_csv(tmp_path / "validation.csv", index=False)
     with pytest.raises(UserError, match="the validation split has no rows of class 'c'"):
         prepare_dataset(cfg(tmp_path, text_column="review", label_column="sentiment"), seed=0)
 
@@ -178,7 +180,7 @@ def test_hf_loader_reads_a_local_dataset_script_dir(tmp_path):
     folder = tmp_path / "my_set"
     folder.mkdir()
     frame(60).to_csv(folder / "train.csv", index=False)
-    frame(30).to_csv(folder / "test.csv", index=False)
+    frame(30, start=60).to_csv(folder / "test.csv", index=False)
     _, card = prepare_dataset(cfg(f"hf:{folder}", text_column="review", label_column="sentiment"), seed=0)
     assert card["rows"]["test"] == 30 and card["splits_from_source"] == ["test", "train"]
 
@@ -191,3 +193,61 @@ def test_prepare_stage_writes_card(tmp_path, tiny_config):
     assert card["rows"]["train"] == 600
     assert (tmp_path / "data" / "summary.json").exists()
     assert not (tmp_path / ".data.partial").exists()
+
+
+def test_leakage_counted_and_duplicates_of_training_texts_removed(tmp_path):
+    train = frame(60)
+    # validation: 4 exact copies of training texts, 3 that differ only in case/spacing/punctuation, 23 new;
+    # 2 rows repeated inside validation (one exact, one normalised)
+    validation = frame(30, start=100)
+    validation.loc[0:3, "review"] = train["review"][0:4].to_numpy()
+    validation.loc[4:6, "review"] = ["  TEXT number 4, about b!", "text  number 5 about c.", "Text Number 6 About A"]
+    validation.loc[7, "review"] = validation.loc[8, "review"]
+    validation.loc[9, "review"] = validation.loc[10, "review"].upper() + "?"
+    # test: 5 exact copies of training texts, 2 normalised ones, 1 exact copy of a (new) validation text
+    test = frame(30, start=200)
+    test.loc[0:4, "review"] = train["review"][10:15].to_numpy()
+    test.loc[5:6, "review"] = ["text number 20 about c ...", "TEXT NUMBER 21 ABOUT A"]
+    test.loc[7, "review"] = validation.loc[20, "review"]
+    for name, part in {"train": train, "validation": validation, "test": test}.items():
+        part.to_csv(tmp_path / f"{name}.csv", index=False)
+    options = {"text_column": "review", "label_column": "sentiment"}
+
+    kept, card = prepare_dataset(cfg(tmp_path, dedupe=False, **options), seed=0)
+    leakage = card["leakage"]
+    assert leakage["removed"] == {"validation": 0, "test": 0} and card["rows"]["test"] == 30
+    assert leakage["exact"]["validation_in_train"] == 4 and leakage["normalised"]["validation_in_train"] == 7
+    assert leakage["exact"]["test_in_train"] == 5 and leakage["normalised"]["test_in_train"] == 7
+    assert leakage["exact"]["test_in_validation"] == 1
+    assert leakage["exact"]["within"] == {"train": 0, "validation": 1, "test": 0}
+    assert leakage["normalised"]["within"] == {"train": 0, "validation": 2, "test": 0}
+
+    deduped, card = prepare_dataset(cfg(tmp_path, **options), seed=0)
+    assert card["leakage"]["removed"] == {"validation": 7, "test": 7}
+    assert card["rows"] == {"train": 60, "validation": 23, "test": 23}
+    assert card["leakage"]["normalised"]["test_in_train"] == 0 == card["leakage"]["normalised"]["validation_in_train"]
+    seen = {" ".join(t.lower().replace(",", " ").replace(".", " ").replace("!", " ").split()) for t in train["review"]}
+    assert not [t for t in deduped["test"]["text"] if " ".join(t.lower().replace(".", " ").split()) in seen]
+
+
+def test_pair_leakage_counts_shared_questions_and_swapped_pairs():
+    train = pd.DataFrame({"text": ["how do i fix a bike?", "why is the sky blue?"], "text_pair": ["how to repair a bike", "q"],
+                          "label": [1, 0]})
+    test = pd.DataFrame({"text": ["How to repair a bike", "why is the sky blue?", "new question"],
+                         "text_pair": ["how do I fix a bike", "something else", "other question"], "label": [1, 0, 1]})
+    from rightsizer.data import dedupe, leakage_report
+
+    splits = {"train": train, "validation": test.iloc[2:], "test": test}
+    report = leakage_report(splits, pair=True)
+    assert report["exact"]["test_in_train"] == 0 and report["normalised"]["test_in_train"] == 1  # swapped order
+    assert report["shared_members"] == {"validation": 0, "test": 2}
+    kept, removed = dedupe(splits, pair=True)
+    assert removed == {"validation": 0, "test": 1} and list(kept["test"]["text"]) == ["why is the sky blue?", "new question"]
+
+
+def test_dedupe_that_empties_validation_is_a_user_error(tmp_path):
+    frame(60).to_csv(tmp_path / "train.csv", index=False)
+    frame(30).to_csv(tmp_path / "validation.csv", index=False)
+    frame(30, start=60).to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(UserError, match="the validation split has no rows after removing 30 duplicate"):
+        prepare_dataset(cfg(tmp_path, text_column="review", label_column="sentiment"), seed=0)

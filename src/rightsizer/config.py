@@ -42,6 +42,8 @@ class DataConfig(Strict):
     max_length: int = Field(128, ge=8, le=8192, description="tokens per example after truncation")
     max_train_samples: int | None = Field(None, ge=1, description="stratified subsample of train")
     max_eval_samples: int | None = Field(None, ge=1, description="stratified subsample of validation and test")
+    dedupe: bool = Field(True, description="drop validation/test rows whose text (case, whitespace and punctuation "
+                         "aside) is also in train; card.json counts them and every duplicate found")
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":

@@ -235,6 +235,10 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
         frame["label"] = [index_of[_label_key(v, loaded.label_names)] for v in frame["label"]]
 
     splits = _split(cleaned, data, seed, label_names)
+    removed = {"validation": 0, "test": 0}
+    if data.dedupe:
+        splits, removed = dedupe(splits, bool(pair_column))
+    _check_classes(splits, label_names, removed)
     splits = _subsample(splits, data, seed, label_names)
 
     features = {"id": datasets.Value("int64"), "text": datasets.Value("string")}
@@ -263,6 +267,7 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
         "unlabeled_splits": unlabeled_splits,
         "splits_from_source": sorted(s for s in cleaned if s != "all"),
         "mean_words": round(float(splits["train"]["text"].str.split().str.len().mean()), 1),
+        "leakage": {"dedupe": data.dedupe, "removed": removed, **leakage_report(splits, bool(pair_column))},
     }
     return dataset, card
 
@@ -333,15 +338,75 @@ def _split(frames: dict[str, pd.DataFrame], data: DataConfig, seed: int, label_n
         if "validation" not in splits:
             splits["train"], splits["validation"] = _stratified(
                 splits["train"], round(total * data.validation_size), seed, "validation")
+    return {name: splits[name] for name in SPLITS}
+
+
+def _check_classes(splits: dict[str, pd.DataFrame], label_names: list[str], removed: dict[str, int]) -> None:
     for name in SPLITS:
+        after = f" after removing {removed[name]} duplicate(s) of training texts (data.dedupe)" if removed.get(name) else ""
+        if len(splits[name]) == 0:
+            raise UserError(f"the {name} split has no rows{after}; give it texts that are not in the training data")
         present = set(splits[name]["label"].unique())
         missing = [label_names[k] for k in range(len(label_names)) if k not in present]
         if missing and name != "test":
             raise UserError(
-                f"the {name} split has no rows of class {', '.join(map(repr, missing))}; "
+                f"the {name} split has no rows of class {', '.join(map(repr, missing))}{after}; "
                 "increase data.validation_size / data.test_size or add rows of that class"
             )
-    return {name: splits[name] for name in SPLITS}
+
+
+# ---------------------------------------------------------------------------------------------
+# leakage between splits
+
+
+def normalise_texts(texts: pd.Series) -> pd.Series:
+    """Lower case, punctuation to spaces, runs of whitespace to one space: 'Great phone!' == 'great  phone'."""
+    return texts.str.lower().str.replace(r"[^\w\s]", " ", regex=True).str.split().str.join(" ")
+
+
+def example_keys(frame: pd.DataFrame, pair: bool, normalised: bool) -> pd.Series:
+    """One string per row identifying its text (pair: both texts; normalised pairs ignore their order)."""
+    text = normalise_texts(frame["text"]) if normalised else frame["text"]
+    if not pair:
+        return text
+    other = normalise_texts(frame["text_pair"]) if normalised else frame["text_pair"]
+    forward = text + "\x1f" + other
+    return forward.where(text <= other, other + "\x1f" + text) if normalised else forward
+
+
+def leakage_report(splits: dict[str, pd.DataFrame], pair: bool) -> dict:
+    """Duplicated examples within each split and across splits, exact and normalised; for pair data,
+    validation/test rows sharing a member text (normalised) with a training pair."""
+    report: dict = {}
+    for form in ("exact", "normalised"):
+        keys = {name: example_keys(splits[name], pair, form == "normalised") for name in SPLITS}
+        seen = {name: set(keys[name]) for name in ("train", "validation")}
+        report[form] = {
+            "within": {name: int(keys[name].duplicated().sum()) for name in SPLITS},
+            "validation_in_train": int(keys["validation"].isin(seen["train"]).sum()),
+            "test_in_train": int(keys["test"].isin(seen["train"]).sum()),
+            "test_in_validation": int(keys["test"].isin(seen["validation"]).sum()),
+        }
+    if pair:
+        train = splits["train"]
+        members = set(normalise_texts(train["text"])) | set(normalise_texts(train["text_pair"]))
+        report["shared_members"] = {
+            name: int((normalise_texts(splits[name]["text"]).isin(members)
+                       | normalise_texts(splits[name]["text_pair"]).isin(members)).sum())
+            for name in ("validation", "test")
+        }
+    return report
+
+
+def dedupe(splits: dict[str, pd.DataFrame], pair: bool) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Drop validation and test rows whose normalised text (pair) is also in the training split."""
+    train = set(example_keys(splits["train"], pair, normalised=True))
+    out, removed = dict(splits), {}
+    for name in ("validation", "test"):
+        duplicate = example_keys(splits[name], pair, normalised=True).isin(train)
+        removed[name] = int(duplicate.sum())
+        out[name] = splits[name][~duplicate].reset_index(drop=True)
+    return out, removed
 
 
 def _subsample(splits: dict[str, pd.DataFrame], data: DataConfig, seed: int, label_names: list[str]):

@@ -1,4 +1,5 @@
-"""Stage: data prep. Load the source, map columns, drop bad rows, split, save + card.json."""
+"""Stage: data prep. Load the source, map columns, drop bad rows, split, drop validation/test duplicates of
+training texts, save + card.json (with the leakage counts)."""
 
 from __future__ import annotations
 
@@ -13,5 +14,6 @@ def run(config: RunConfig, output_dir: str | Path) -> dict:
     with stage_output(output_dir, "prepare", config, name="data") as out:
         dataset, card = prepare_dataset(config.data, config.seed)
         save_prepared(dataset, card, out.work)
-        out.summary.update({"rows": card["rows"], "label_names": card["label_names"], "dropped_rows": card["dropped_rows"]})
+        out.summary.update({"rows": card["rows"], "label_names": card["label_names"], "dropped_rows": card["dropped_rows"],
+                            "duplicates_removed": card["leakage"]["removed"]})
     return out.summary
