@@ -176,6 +176,30 @@ def test_adalora_rank_budget_shrinks_on_a_real_schedule(small_data, tmp_path):
     assert sum(kept) == budget["target"] and max(kept) <= 6 and summary["reload_check"]["agreement"] == 1.0
 
 
+def test_size_of_an_unmerged_adapter_on_a_hub_base_includes_the_base(small_data, tmp_path, monkeypatch):
+    """Prompt tuning cannot merge: serving it ships the base too, so size_mb counts the base's weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rightsizer.models import PRESETS, size_on_disk_mb, train_tokenizer
+    from rightsizer.stages import adapters, evaluate
+
+    tokenizer = train_tokenizer("wordpiece", ["a small vocabulary for a tiny model"] * 10, 200)
+    base = tmp_path / "hub-base"
+    AutoModelForSequenceClassification.from_config(
+        PRESETS["tiny-bert-2l"].build_config(len(tokenizer), tokenizer)).save_pretrained(str(base))
+    tokenizer.save_pretrained(str(base))
+    base_mb = size_on_disk_mb(base)
+    # the stage treats the base as a Hub id (not copied beside the adapter); loading still finds it on disk
+    monkeypatch.setattr(adapters, "describe", lambda reference: "hub")
+    config = config_from_dict(adapter_raw({"name": "soft", "method": "prompt", "base": str(base), "r": 4}))
+    summary = adapters.run(config, small_data, tmp_path / "soft")
+    assert not (tmp_path / "soft" / "model" / "base").exists() and summary["base_size_mb"] == base_mb
+    adapter_mb = size_on_disk_mb(tmp_path / "soft" / "model")
+    assert adapter_mb < base_mb / 20  # the adapter alone: what size_mb used to say
+    metrics = evaluate.run(config, small_data, tmp_path / "soft", tmp_path / "eval", kind="adapter")
+    assert metrics["size_mb"] == pytest.approx(adapter_mb + base_mb, abs=1e-3)
+
+
 # -- user errors -----------------------------------------------------------------------------
 
 

@@ -350,6 +350,15 @@ def load_saved(model_dir: str | Path):
         if (model_dir / "base").is_dir():  # the adapter stage keeps a non-Hub base beside its adapter
             base = AutoModelForSequenceClassification.from_pretrained(str(model_dir / "base"), dtype=torch.float32)
             model = PeftModel.from_pretrained(base, str(model_dir))
+        elif (model_dir / "config.json").exists():  # a Hub base: its head gets the labels the adapter was trained on
+            from peft import PeftConfig
+
+            labels = saved_label_names(model_dir)
+            base = AutoModelForSequenceClassification.from_pretrained(
+                PeftConfig.from_pretrained(str(model_dir)).base_model_name_or_path, num_labels=len(labels),
+                id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+                ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, str(model_dir))
         else:
             model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir))
     else:
@@ -369,6 +378,27 @@ def size_on_disk_mb(directory: str | Path) -> float:
     directory = Path(directory)
     weights = [p for p in directory.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt")]
     return round(sum(p.stat().st_size for p in weights) / 1e6, 3)
+
+
+def checkpoint_mb(reference: str) -> float | None:
+    """Size of a local or Hub model's weight files when they are on this machine (None otherwise, or a preset)."""
+    kind = describe(reference)
+    if kind == "preset":
+        return None
+    if kind == "local":
+        return size_on_disk_mb(_source(reference, kind))
+    from huggingface_hub import snapshot_download
+
+    try:  # the Hub cache, where loading the base just put it; never the network
+        path = snapshot_download(reference, local_files_only=True, allow_patterns=["*.safetensors", "*.json"])
+    except Exception:  # not cached (or not a repo id): the caller estimates instead
+        return None
+    return size_on_disk_mb(path)
+
+
+def weights_mb(model) -> float:
+    """Bytes of a model's parameters in memory (tied weights once), in MB."""
+    return round(sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6, 3)
 
 
 def preset_table() -> list[dict]:

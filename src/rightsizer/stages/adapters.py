@@ -29,7 +29,7 @@ from rightsizer.config import AdapterConfig, RunConfig
 from rightsizer.data import load_prepared, tokenize
 from rightsizer.errors import UserError
 from rightsizer.inference import predict_logits
-from rightsizer.models import count_parameters, describe, load_classifier, load_saved
+from rightsizer.models import checkpoint_mb, count_parameters, describe, load_classifier, load_saved, weights_mb
 from rightsizer.outputs import process_rank, stage_output, write_json
 from rightsizer.train import fine_tune, training_texts
 from rightsizer.train.memory import PeakMemory
@@ -188,6 +188,7 @@ def _save_and_check(trained, tokenizer, rows, config: RunConfig, adapter: Adapte
     reference_logits = _logits(trained, tokenizer, rows, config, adapter.eval_batch_size)
     trained.peft_config["default"].base_model_name_or_path = base_name
     trained.save_pretrained(str(adapter_dir), save_embedding_layers=False)
+    trained.config.save_pretrained(str(adapter_dir))  # the labels, for a Hub base whose own head has others
     tokenizer.save_pretrained(str(adapter_dir))
     reloaded, _ = load_saved(adapter_dir)
     reload_check = _compare(reference_logits, _logits(reloaded, tokenizer, rows, config, adapter.eval_batch_size))
@@ -230,6 +231,9 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         tokenizer.save_pretrained(tokenizer_dir)  # prompt tuning initialised from text reads it
         peft_config = peft_config_for(model, adapter, total_steps, tokenizer_dir)  # checked before any output
         save_base = describe(reference) != "hub"
+        # what serving an unmerged adapter ships besides it: the base (kept in adapter/base/ unless it is on the Hub)
+        base_size_mb = checkpoint_mb(reference) if not save_base else None
+        base_size_mb = base_size_mb if base_size_mb is not None else weights_mb(model)
         if save_base and rank_zero:  # presets (random init from the seed) and local dirs: keep the exact frozen base
             model.save_pretrained(str(adapter_dir / "base"))
             tokenizer.save_pretrained(str(adapter_dir / "base"))
@@ -259,7 +263,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
             "kind": "adapter", "method": adapter.method, "base": adapter.base, "base_model": reference,
-            "base_teacher": teacher_name, "params": params, "base_params": base_params, "trainable_params": trainable,
+            "base_teacher": teacher_name, "params": params, "base_params": base_params, "base_size_mb": base_size_mb, "trainable_params": trainable,
             "trainable_share": round(trainable / params, 9) if params else None,
             "target_modules": sorted(adapted) if isinstance(adapted, (set, list, tuple)) else adapted,
             "r": adapter.r if "r" in method.uses else None, "merged": method.mergeable,

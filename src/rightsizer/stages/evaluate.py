@@ -79,6 +79,14 @@ def evaluate_model(model, tokenizer, split, label_names: list[str], config: RunC
     return metrics
 
 
+def served_size_mb(model_dir: Path, trained: dict) -> float:
+    """What must be shipped to serve the candidate: an unmerged adapter without its base beside it needs the base."""
+    size = size_on_disk_mb(model_dir)
+    if (model_dir / "adapter_config.json").exists() and not (model_dir / "base").is_dir():
+        size += trained.get("base_size_mb") or 0.0
+    return round(size, 3)
+
+
 @times_itself
 def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, output_dir: str | Path,
         name: str | None = None, kind: str | None = None) -> dict:
@@ -102,7 +110,7 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
         metrics.update({
             "name": name, "kind": kind, "params": params,
             "trainable_params": trained.get("trainable_params", params),
-            "size_mb": size_on_disk_mb(model_dir),
+            "size_mb": served_size_mb(model_dir, trained),
             "train_time_s": trained.get("train_time_s"),
             "samples_per_s": trained.get("samples_per_s"),
             "test_rows": len(dataset["test"]),
