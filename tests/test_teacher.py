@@ -100,6 +100,45 @@ def test_local_model_directory_and_errors(tmp_path, trained_teacher):
         load_classifier(str(tmp_path / "nowhere"), ["a", "b"])
 
 
+def test_pretrained_head_with_other_labels_is_remapped_by_name_or_redrawn(tmp_path):
+    """A FinBERT-style head (positive/negative/neutral) meets data labelled negative/neutral/positive."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from rightsizer.models import PRESETS, train_tokenizer
+
+    tokenizer = train_tokenizer("wordpiece", ["the market fell and the outlook is weak"] * 10, 200)
+    config = PRESETS["tiny-bert-2l"].build_config(len(tokenizer), tokenizer)
+    config.id2label = {0: "positive", 1: "negative", 2: "neutral"}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    torch.manual_seed(0)
+    finbert = AutoModelForSequenceClassification.from_config(config).eval()
+    finbert.save_pretrained(str(tmp_path / "finbert"))
+    tokenizer.save_pretrained(str(tmp_path / "finbert"))
+    batch = tokenizer(["the market fell", "the outlook is weak"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        original = finbert(**batch).logits
+
+    data_labels = ["negative", "neutral", "positive"]
+    model, _ = load_classifier(str(tmp_path / "finbert"), data_labels)
+    with torch.no_grad():
+        logits = model.eval()(**batch).logits
+    assert model.head_plan["action"] == "remapped" and model.config.id2label == dict(enumerate(data_labels))
+    assert torch.allclose(logits, original[:, [1, 2, 0]], atol=1e-5)  # each class keeps its own row, by name
+    assert next(model.parameters()).dtype == torch.float32
+
+    # the same number of classes under other names: the trained head would reassign them silently, so it is redrawn
+    model, _ = load_classifier(str(tmp_path / "finbert"), ["spam", "ham", "other"], seed=3)
+    assert model.head_plan["action"] == "reinitialised"
+    assert not torch.allclose(model.classifier.weight, finbert.classifier.weight)
+    assert model.classifier.weight.std() < 0.05 and model.classifier.bias.abs().max() == 0  # a fresh, small head
+    # the same labels in the same order keep their head; a checkpoint without a head gets a new one
+    model, _ = load_classifier(str(tmp_path / "finbert"), ["positive", "negative", "neutral"])
+    assert model.head_plan["action"] == "kept" and torch.equal(model.classifier.weight, finbert.classifier.weight)
+    AutoModel.from_config(config).save_pretrained(str(tmp_path / "encoder"))
+    tokenizer.save_pretrained(str(tmp_path / "encoder"))
+    assert load_classifier(str(tmp_path / "encoder"), data_labels)[0].head_plan["action"] == "new"
+
+
 def test_hub_id_offline_is_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as info:

@@ -251,14 +251,86 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
         return model, finish_tokenizer(model, tokenizer)
     source = _source(reference, kind)
     try:
+        from transformers import AutoConfig
+
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(label_names), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True,
-        )
+        pretrained = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        head = head_plan(pretrained, label_names)
+        # fp32 master weights whatever the checkpoint's dtype (transformers 5 would load a bf16/fp16 checkpoint as
+        # is, and AdamW on half-precision weights loses the updates); on a GPU the Trainer trains under bf16 autocast
+        if head["action"] == "remapped":  # load the trained head as it is, then put its rows in the data's order
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, trust_remote_code=False, use_safetensors=True, dtype=torch.float32)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=len(label_names), id2label=id2label, label2id=label2id,
+                ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True, dtype=torch.float32,
+            )
     except (OSError, ValueError) as exc:
         raise _load_error(reference, kind, source, exc) from None
+    fit_head(model, head, label_names, seed)
     return model, finish_tokenizer(model, tokenizer)
+
+
+def head_plan(pretrained_config, label_names: list[str]) -> dict:
+    """What to do with a checkpoint's classification head for the data's labels.
+
+    ``kept``: same label names in the same order. ``remapped``: the same names in another order (the rows are
+    permuted by name). ``reinitialised``: the checkpoint's head was trained for other (or unnamed) labels, so
+    reusing it would silently reassign classes. ``new``: the checkpoint has no classification head at all.
+    """
+    saved = [str(pretrained_config.id2label[i]) for i in sorted(pretrained_config.id2label)] \
+        if getattr(pretrained_config, "id2label", None) else []
+    architectures = getattr(pretrained_config, "architectures", None) or []
+    has_head = any(name.endswith(("ForSequenceClassification", "ForTextClassification")) for name in architectures)
+    wanted = [name.lower() for name in label_names]
+    lowered = [name.lower() for name in saved]
+    if not has_head:
+        action = "new"
+    elif lowered == wanted:
+        action = "kept"
+    elif sorted(lowered) == sorted(wanted) and len(set(wanted)) == len(wanted):
+        action = "remapped"
+    else:
+        action = "reinitialised"
+    return {"action": action, "checkpoint_labels": saved,
+            "order": [lowered.index(name) for name in wanted] if action == "remapped" else None}
+
+
+def classification_head(model):
+    """The output projection of a sequence classifier: its last linear layer with one output per label."""
+    import torch
+
+    heads = [module for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module.out_features == model.config.num_labels
+             and not name.startswith(getattr(model, "base_model_prefix", "\0") + ".")]
+    if not heads:
+        raise ValueError(f"{type(model).__name__}: no linear output layer with {model.config.num_labels} outputs")
+    return heads[-1]
+
+
+def fit_head(model, head: dict, label_names: list[str], seed: int) -> None:
+    """Apply :func:`head_plan`: permute a remapped head's rows, re-draw a head trained for other labels."""
+    import torch
+
+    model.head_plan = head  # the stages report it (summary.json: head)
+    if head["action"] not in ("remapped", "reinitialised"):
+        return
+    output = classification_head(model)
+    with torch.no_grad():
+        if head["action"] == "remapped":
+            order = torch.tensor(head["order"])
+            output.weight.copy_(output.weight[order].clone())
+            if output.bias is not None:
+                output.bias.copy_(output.bias[order].clone())
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            std = getattr(model.config, "initializer_range", 0.02)
+            output.weight.copy_(torch.randn(output.weight.shape, generator=generator) * std)
+            if output.bias is not None:
+                output.bias.zero_()
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
 
 
 def _source(reference: str, kind: str) -> str:

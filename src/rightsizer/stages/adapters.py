@@ -263,7 +263,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
             "kind": "adapter", "method": adapter.method, "base": adapter.base, "base_model": reference,
-            "base_teacher": teacher_name, "params": params, "base_params": base_params, "base_size_mb": base_size_mb, "trainable_params": trainable,
+            "base_teacher": teacher_name, "head": getattr(model, "head_plan", None), "params": params, "base_params": base_params, "base_size_mb": base_size_mb, "trainable_params": trainable,
             "trainable_share": round(trainable / params, 9) if params else None,
             "target_modules": sorted(adapted) if isinstance(adapted, (set, list, tuple)) else adapted,
             "r": adapter.r if "r" in method.uses else None, "merged": method.mergeable,

@@ -34,6 +34,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
             "kind": "teacher", "model": teacher.model, "params": params, "trainable_params": trainable,
+            "head": getattr(model, "head_plan", None),
             **result.summary(), **plan.summary,
             "throughput": result.extra["throughput"],
         })
