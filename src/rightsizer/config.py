@@ -218,10 +218,11 @@ class PromptingConfig(Strict):
 
 class EvaluationConfig(Strict):
     latency_batch_size: int = Field(1, ge=1, le=1024)
-    latency_samples: int = Field(64, ge=4, description="timed batches for p50/p95")
-    warmup_batches: int = Field(3, ge=0)
+    latency_samples: int = Field(200, ge=4, description="timed requests for p50/p95 (p95 needs >= 200)")
+    warmup_batches: int = Field(10, ge=0, description="untimed requests first")
     batch_size: int = Field(128, ge=1, description="batch size for accuracy and throughput")
-    threads: int | None = Field(None, ge=1, description="CPU threads for latency (default: torch's)")
+    threads: int | None = Field(None, ge=1, description="CPU threads for inference and latency (default: the "
+                                "evaluate task's cpu limit, resources.evaluate.cpu, at most the cores available)")
     prompting: PromptingConfig | None = None
 
 

@@ -226,8 +226,9 @@ def _timing_lock(pipeline_root: Path):
 
 def local_threads() -> int:
     """Intra-op threads per task in a local run: kfp.local runs two loop iterations at once."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cores // 2)
+    from rightsizer.timing import available_cores
+
+    return max(1, available_cores() // 2)
 
 
 def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:

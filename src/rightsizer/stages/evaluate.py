@@ -1,8 +1,12 @@
-"""Stage: evaluation. One candidate on the held-out test split: quality, latency, size.
+"""Stage: evaluation. One candidate on the validation and test splits: quality, latency, size.
 
-Quality: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (sklearn).
+Quality: on test, accuracy, macro-F1 with 95 % bootstrap intervals, per-class precision/recall/F1
+and the confusion matrix (sklearn); on validation, accuracy and macro-F1 (with intervals), which
+the report chooses on. Every example's predicted label on both splits goes to ``predictions.json``
+so the report can compare candidates on the same examples (paired bootstrap).
 Latency: end-to-end (tokenize + forward) per request of ``latency_batch_size`` examples, timed
-after warm-up; p50/p95 in ms per sample. Throughput: test examples per second in large batches.
+after warm-up with the threads the evaluate task may use (its CPU limit); p50/p95 in ms per sample
+over ``latency_samples`` requests. Throughput: test examples per second in large batches.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from rightsizer.errors import UserError
 from rightsizer.inference import encode_texts, predict_logits
 from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
 from rightsizer.outputs import read_json, stage_output, write_json
-from rightsizer.timing import quiet, times_itself
+from rightsizer.stats import bootstrap_intervals
+from rightsizer.timing import quiet, task_threads, times_itself
+
+PREDICTIONS = "predictions.json"  # beside metrics.json: {"validation": [label index, ...], "test": [...]}
 
 
 def quality_metrics(predictions: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
@@ -68,14 +75,20 @@ def measure_latency(model, tokenizer, split, max_length: int, batch_size: int, s
     }
 
 
-def evaluate_model(model, tokenizer, split, label_names: list[str], config: RunConfig) -> dict:
-    logits, seconds, _ = predict_logits(model, tokenizer, split, config.data.max_length, config.evaluation.batch_size)
-    labels = np.asarray(split["label"])
-    metrics = quality_metrics(logits.argmax(-1), labels, label_names)
-    metrics["throughput_per_s"] = round(len(labels) / seconds, 2) if seconds > 0 else 0.0
-    ev = config.evaluation
-    metrics.update(measure_latency(model, tokenizer, split, config.data.max_length, ev.latency_batch_size,
-                                   ev.latency_samples, ev.warmup_batches, config.seed))
+def split_scores(predictions: dict[str, np.ndarray], dataset, label_names: list[str], seed: int) -> dict:
+    """Quality on test (with intervals) and on validation, from each split's predicted labels."""
+    test_labels = np.asarray(dataset["test"]["label"])
+    metrics = quality_metrics(predictions["test"], test_labels, label_names)
+    intervals = bootstrap_intervals(test_labels, predictions["test"], len(label_names), seed=seed)
+    metrics.update({"accuracy_ci": intervals["accuracy"], "macro_f1_ci": intervals["macro_f1"],
+                    "test_rows": len(test_labels)})
+    if "validation" in predictions:
+        labels = np.asarray(dataset["validation"]["label"])
+        validation = quality_metrics(predictions["validation"], labels, label_names)
+        intervals = bootstrap_intervals(labels, predictions["validation"], len(label_names), seed=seed)
+        metrics.update({"val_accuracy": validation["accuracy"], "val_macro_f1": validation["macro_f1"],
+                        "val_accuracy_ci": intervals["accuracy"], "val_macro_f1_ci": intervals["macro_f1"],
+                        "validation_rows": len(labels)})
     return metrics
 
 
@@ -85,6 +98,32 @@ def served_size_mb(model_dir: Path, trained: dict) -> float:
     if (model_dir / "adapter_config.json").exists() and not (model_dir / "base").is_dir():
         size += trained.get("base_size_mb") or 0.0
     return round(size, 3)
+
+
+def write_predictions(directory: Path, predictions: dict[str, np.ndarray]) -> None:
+    write_json(directory / PREDICTIONS, {split: [int(v) for v in values] for split, values in predictions.items()})
+
+
+def read_predictions(directory: str | Path) -> dict[str, np.ndarray] | None:
+    """The per-example predicted labels an evaluation wrote, or None (an older or foreign metrics dir)."""
+    path = Path(directory) / PREDICTIONS
+    if not path.exists():
+        return None
+    return {split: np.asarray(values, dtype=np.int64) for split, values in read_json(path).items()}
+
+
+def evaluate_model(model, tokenizer, dataset, label_names: list[str], config: RunConfig) -> tuple[dict, dict]:
+    """``(metrics, predictions)``: quality on validation and test, throughput and latency on test."""
+    ev = config.evaluation
+    predictions, seconds = {}, 0.0
+    for split in ("validation", "test"):
+        logits, seconds, _ = predict_logits(model, tokenizer, dataset[split], config.data.max_length, ev.batch_size)
+        predictions[split] = logits.argmax(-1)
+    metrics = split_scores(predictions, dataset, label_names, config.seed)
+    metrics["throughput_per_s"] = round(len(dataset["test"]) / seconds, 2) if seconds > 0 else 0.0
+    metrics.update(measure_latency(model, tokenizer, dataset["test"], config.data.max_length, ev.latency_batch_size,
+                                   ev.latency_samples, ev.warmup_batches, config.seed))
+    return metrics, predictions
 
 
 @times_itself
@@ -100,12 +139,12 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
     name = name or trained.get("name") or candidate_dir.name
     kind = kind or trained.get("kind") or "teacher"
     dataset, card = load_prepared(data_dir)
-    if config.evaluation.threads:
-        torch.set_num_threads(config.evaluation.threads)
+    threads = task_threads(config)
+    torch.set_num_threads(threads)
     with stage_output(output_dir, "evaluate", config, name=name) as out:
         model, tokenizer = load_saved(model_dir)
         with quiet():  # on a shared machine, time nothing while another stage trains
-            metrics = evaluate_model(model, tokenizer, dataset["test"], card["label_names"], config)
+            metrics, predictions = evaluate_model(model, tokenizer, dataset, card["label_names"], config)
         params, _ = count_parameters(model)
         metrics.update({
             "name": name, "kind": kind, "params": params,
@@ -113,13 +152,14 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
             "size_mb": served_size_mb(model_dir, trained),
             "train_time_s": trained.get("train_time_s"),
             "samples_per_s": trained.get("samples_per_s"),
-            "test_rows": len(dataset["test"]),
+            "latency_threads": threads,
         })
         for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers", "method", "base_model",
                     "merged"):
             if key in trained:
                 metrics[key] = trained[key]
         write_json(out.work / "metrics.json", metrics)
+        write_predictions(out.work, predictions)
         out.summary.update({"kind": kind, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                            "latency_ms": metrics["latency_ms"]})
+                            "val_macro_f1": metrics["val_macro_f1"], "latency_ms": metrics["latency_ms"]})
     return metrics

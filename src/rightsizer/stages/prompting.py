@@ -25,7 +25,7 @@ from rightsizer.data import load_prepared
 from rightsizer.errors import UserError, one_of
 from rightsizer.models import count_parameters, load_causal_lm
 from rightsizer.outputs import stage_output, write_json
-from rightsizer.timing import quiet, times_itself
+from rightsizer.timing import quiet, task_threads, times_itself
 from rightsizer.train import training_texts
 
 PAIR_TEMPLATE = "{text}\n{text_pair}\nAnswer: {label}"
@@ -177,7 +177,9 @@ def _latency(prompter: Prompter, texts: list[str], pairs: list[str] | None, samp
 
 @times_itself
 def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None) -> dict:
-    from rightsizer.stages.evaluate import quality_metrics
+    import torch
+
+    from rightsizer.stages.evaluate import split_scores, write_predictions
 
     runs = config.prompting_runs()
     if not runs:
@@ -203,11 +205,17 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         texts = list(test["text"])
         pairs = list(test["text_pair"]) if pair else None
         ev = config.evaluation
+        threads = task_threads(config)
+        torch.set_num_threads(threads)
         with quiet():  # on a shared machine, time nothing while another stage trains
+            validation = dataset["validation"]
+            predictions = {"validation": prompter.score(
+                list(validation["text"]), list(validation["text_pair"]) if pair else None).argmax(-1)}
             started = time.perf_counter()
             scores = prompter.score(texts, pairs)
             seconds = time.perf_counter() - started
-            metrics = quality_metrics(scores.argmax(-1), np.asarray(test["label"]), label_names)
+            predictions["test"] = scores.argmax(-1)
+            metrics = split_scores(predictions, dataset, label_names, config.seed)
             metrics.update(_latency(prompter, texts, pairs, ev.latency_samples, ev.warmup_batches, config.seed))
         params, _ = count_parameters(model)
         bytes_per_param = next(model.parameters()).element_size()
@@ -215,10 +223,11 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             "name": row_name, "kind": "prompting", "model": reference, "shots": shots, "params": params,
             "trainable_params": 0, "size_mb": round(params * bytes_per_param / 1e6, 3),
             "throughput_per_s": round(len(texts) / seconds, 2) if seconds > 0 else 0.0,
-            "train_time_s": None, "test_rows": len(texts), "template": template,
+            "train_time_s": None, "latency_threads": threads, "template": template,
             "verbalizer": dict(zip(label_names, words)), "shot_ids": [train[i]["id"] for i in shot_rows],
         })
         write_json(out.work / "metrics.json", metrics)
+        write_predictions(out.work, predictions)
         np.save(out.work / "scores.npy", scores)
         out.summary.update({"kind": "prompting", "model": reference, "shots": shots, "params": params,
                             "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
