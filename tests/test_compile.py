@@ -127,3 +127,35 @@ def test_compile_refuses_an_unknown_output_suffix(tmp_path, capsys):
     assert main(["compile", str(DEMO), "-o", str(tmp_path / "x.txt")]) == 2
     assert "must end in .yaml" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_stages_that_launch_become_launcher_pods(tmp_path, monkeypatch):
+    """workers > 1 turns a task into a 1-CPU launcher only when its stage calls launch.dispatch: the
+    teacher-logits task (forward passes over train) and the probe run their work in their own pod."""
+    sets = ["--set", "resources.teachers.workers=2", "--set", "resources.teachers.gpus=2",
+            "--set", "resources.probe.workers=2", "--set", "resources.probe.gpus=1", "--set", "resources.probe.memory=12Gi"]
+    spec, platform, _ = _compile(tmp_path, monkeypatch, *sets)
+    executors = spec["deploymentSpec"]["executors"]
+
+    def resources(stage: str) -> dict:
+        return _executor(executors, stage)["container"]["resources"]
+
+    for launcher in ("teacher", "slice-model"):  # they hand the work to a TrainJob
+        assert resources(launcher)["resourceCpuRequest"] == "1" and "accelerator" not in resources(launcher), launcher
+    logits = resources("teacher-logits")  # falls back to resources.teachers, but runs in its pod
+    assert logits["resourceCpuRequest"] == "2" and logits["resourceMemoryLimit"] == "8Gi"
+    assert logits["accelerator"]["resourceCount"] == "2"
+    assert "emptyDirMounts" in platform["exec-teacher-logits"]
+    probe = resources("probe")
+    assert probe["resourceCpuRequest"] == "2" and probe["resourceMemoryLimit"] == "12Gi"
+    assert probe["accelerator"]["resourceCount"] == "1"
+
+
+def test_a_stage_own_resources_key_overrides_the_one_it_falls_back_to(tmp_path, monkeypatch):
+    sets = ["--set", "resources.teacher_logits.gpus=0", "--set", "resources.slice.memory=20Gi"]
+    spec, _, _ = _compile(tmp_path, monkeypatch, *sets)
+    executors = spec["deploymentSpec"]["executors"]
+    assert "accelerator" not in _executor(executors, "teacher-logits")["container"]["resources"]
+    assert _executor(executors, "teacher")["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    assert _executor(executors, "slice-model")["container"]["resources"]["resourceMemoryLimit"] == "20Gi"
+    assert _executor(executors, "probe")["container"]["resources"]["resourceMemoryLimit"] == "8Gi"

@@ -28,6 +28,23 @@ def test_resources_merge_default_and_stage():
     assert config.resources.for_stage("prepare").gpus == 0
 
 
+
+def test_every_stage_has_its_own_resources_key_falling_back_to_the_one_it_used_to_borrow():
+    from rightsizer.config import ResourcesConfig
+    from rightsizer.plan import RESOURCE_KEYS, STAGES
+
+    assert list(ResourcesConfig.model_fields) == list(RESOURCE_KEYS)
+    assert {stage.resources for stage in STAGES.values()} == set(RESOURCE_KEYS) - {"default"}
+    config = config_from_dict(minimal(resources={"teachers": {"gpus": 2, "memory": "9Gi"}, "probe": {"cpu": "3"},
+                                                 "evaluate": {"gpus": 1}, "slice": {"cpu": "5"}}))
+    resources = config.resources
+    assert (resources.for_stage("teacher_logits").gpus, resources.for_stage("teacher_logits").memory) == (2, "9Gi")
+    assert resources.for_stage("slice").cpu == "5" and resources.for_stage("probe").cpu == "3"
+    assert resources.for_stage("prompting").gpus == 1
+    with pytest.raises(KeyError):
+        resources.for_stage("teacher")  # a stage name is not a resources key
+
+
 def test_architecture_example_config_is_valid():
     config = config_from_dict({
         "name": "demo", "seed": 42,

@@ -175,7 +175,7 @@ def test_gpus_without_cuda_is_a_user_error_and_starts_nothing(tmp_path):
     config = make_config(batch_size=4, gpus=2)
     with pytest.raises(UserError, match=r"resources.teachers.gpus is 2 but this machine has 0 CUDA device\(s\).*"
                                         r"gpus: 0 and processes: 2"):
-        dispatch("teacher", config, "teachers", tmp_path / "o", member=config.teachers[0],
+        dispatch("teacher", config, tmp_path / "o", member=config.teachers[0],
                  inputs={"data_dir": tmp_path})
     assert not any(tmp_path.iterdir())
 
@@ -233,7 +233,7 @@ def test_deepspeed_values_that_contradict_the_trainer_fail_before_any_process(tm
               "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}
     config = make_config(batch_size=4, processes=2, deepspeed=pinned)
     with pytest.raises(UserError) as caught:
-        dispatch("teacher", config, "teachers", tmp_path / "o", member=config.teachers[0],
+        dispatch("teacher", config, tmp_path / "o", member=config.teachers[0],
                  inputs={"data_dir": tmp_path})
     message = str(caught.value)
     assert "train_micro_batch_size_per_gpu=16 but teachers 'teacher'.batch_size is 4" in message

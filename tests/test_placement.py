@@ -104,7 +104,7 @@ def test_placement_on_cpu_reports_the_estimate_and_changes_nothing(tiny_config):
 
     config = tiny_config(resources={"teachers": {"placement": "auto"}})
     model, _ = load_classifier("tiny-bert-2l", ["a", "b", "c"], ["some text", "other words here"], 0)
-    plan = prepare_training(config, "teachers", config.teachers[0], model)
+    plan = prepare_training(config, "teacher", config.teachers[0], model)
     assert plan.options == config.teachers[0] and plan.deepspeed is None
     report = plan.summary["placement"]
     assert report["device"] == "cpu" and report["params"] == sum(p.numel() for p in model.parameters())
@@ -175,7 +175,7 @@ def test_placement_on_gpus_rebatches_and_picks_zero(tiny_config, monkeypatch, ca
         model = AutoModelForSequenceClassification.from_config(
             BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096))
     config = tiny_config(["teachers.0.batch_size=32", "data.max_length=512"], resources={"teachers": {"placement": "auto"}})
-    plan = prepare_training(config, "teachers", config.teachers[0], model)
+    plan = prepare_training(config, "teacher", config.teachers[0], model)
     chosen = plan.summary["placement"]
     assert chosen["gpus_per_node"] == 2 and chosen["gpu_memory_gb"] == 8.0 and chosen["bf16"] and chosen["sdpa"]
     assert plan.options.batch_size == chosen["micro_batch"] < 32

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rightsizer.errors import UserError, one_of
+from rightsizer.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rightsizer: right-size your language model, on Kubeflow.")
@@ -214,9 +214,20 @@ def manifests(
     console.print(f"wrote {output}")
 
 
-@app.command()
+def _stage_help() -> str:
+    from rightsizer.plan import STAGES
+
+    def usage(row) -> str:
+        inputs = " ".join(f"--in {key[1:]}..." if key.startswith("*") else f"--in {key}" for key in row.inputs)
+        return f"{row.name} {inputs}".strip() + f": {row.help}"
+
+    lines = "\n\n".join(usage(row) for row in STAGES.values())
+    return f"Run one stage by hand (the same function a pipeline task runs).\n\n{lines}"
+
+
+@app.command(help=_stage_help())
 def stage(
-    name: str = typer.Argument(..., help="prepare | teacher | evaluate | report | ..."),
+    name: str = typer.Argument(..., help="the stage (listed above)"),
     config_path: Path = typer.Option(..., "--config", "-c"),
     inputs: Optional[list[str]] = typer.Option(None, "--in", help="input directories or s3:// prefixes, in the stage's order"),
     out: str = typer.Option(..., "--out", help="output directory, or an s3:// prefix to upload it to when done"),
@@ -224,12 +235,10 @@ def stage(
     kind: Optional[str] = typer.Option(None, "--kind", help="evaluate: candidate kind"),
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
-    """Run one stage by hand (the same function a pipeline task runs)."""
-    from rightsizer.stages import STAGES
+    from rightsizer.plan import stage as stage_named
 
-    if name not in STAGES:
-        raise UserError(f"unknown stage '{name}'; stages: {one_of(STAGES)}")
-    module_name, wanted = STAGES[name]
+    row = stage_named(name)
+    module_name, wanted = row.run_module, row.inputs
     config = _load(config_path, overrides)
     inputs = list(inputs or [])
     kwargs: dict = {}

@@ -20,10 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rightsizer.adapters_registry import METHODS as ADAPTER_REGISTRY
 from rightsizer.adapters_registry import check_fields as check_adapter_fields
 from rightsizer.errors import UserError, did_you_mean, one_of
+from rightsizer.plan import RESOURCE_KEYS, launching_keys, resource_chain
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ADAPTER_METHODS = tuple(ADAPTER_REGISTRY)  # lora, rslora, dora, adalora, ia3, loha, lokr, oft, prefix, prompt
-STAGES = ("prepare", "teachers", "students", "adapters", "probe", "evaluate", "report")
 
 
 class Strict(BaseModel):
@@ -278,31 +278,37 @@ DEFAULT_RESOURCES = ResourceSpec(cpu="2", memory="8Gi", gpus=0, gpu_type="nvidia
 
 
 class ResourcesConfig(Strict):
+    """One key per resources key of :data:`rightsizer.plan.RESOURCE_KEYS`; a key overlays the one it falls
+    back to (``teacher_logits`` -> ``teachers``, ``slice`` -> ``probe``, ``prompting`` -> ``evaluate``),
+    which overlays ``default``."""
+
     default: ResourceSpec = Field(default_factory=lambda: DEFAULT_RESOURCES.model_copy())
     prepare: ResourceSpec = Field(default_factory=ResourceSpec)
     teachers: ResourceSpec = Field(default_factory=ResourceSpec)
+    teacher_logits: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.teachers")
     students: ResourceSpec = Field(default_factory=ResourceSpec)
     adapters: ResourceSpec = Field(default_factory=ResourceSpec)
     probe: ResourceSpec = Field(default_factory=ResourceSpec)
+    slice: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.probe")
     evaluate: ResourceSpec = Field(default_factory=ResourceSpec)
+    prompting: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.evaluate")
     report: ResourceSpec = Field(default_factory=ResourceSpec)
 
     @model_validator(mode="after")
     def _processes_match_gpus(self) -> "ResourcesConfig":
-        for stage in ("teachers", "students", "adapters", "probe"):
+        for stage in launching_keys():
             spec = self.for_stage(stage)
             if isinstance(spec.gpus, int) and spec.gpus > 0 and spec.processes and spec.processes != spec.gpus:
                 raise ValueError(f"resources.{stage}: processes ({spec.processes}) must equal gpus ({spec.gpus}) — one "
                                  "training process per GPU; set processes only with gpus: 0, to test on CPU")
         return self
 
-    def for_stage(self, stage: str) -> ResourceSpec:
-        """The default spec overlaid with the stage's own keys."""
-        if stage not in STAGES:
-            raise KeyError(f"unknown stage {stage!r}")
+    def for_stage(self, key: str) -> ResourceSpec:
+        """The spec of resources key ``key`` (``rightsizer.plan.Stage.resources``): the built-in defaults,
+        overlaid with ``default``, the key it falls back to, and its own keys."""
         merged = DEFAULT_RESOURCES.model_dump()
-        merged.update({k: v for k, v in self.default.model_dump().items() if v is not None})
-        merged.update({k: v for k, v in getattr(self, stage).model_dump().items() if v is not None})
+        for layer in ["default", *reversed(resource_chain(key))]:
+            merged.update({k: v for k, v in getattr(self, layer).model_dump().items() if v is not None})
         return ResourceSpec(**merged)
 
 

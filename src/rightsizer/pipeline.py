@@ -17,8 +17,7 @@ from pathlib import Path
 from rightsizer.component_runtime import ERROR_FILE_ENV
 from rightsizer.config import RunConfig
 from rightsizer.errors import UserError
-
-TRAINING_STAGES = ("teachers", "students", "adapters", "probe")
+from rightsizer.plan import stage as stage_named
 
 
 @dataclass
@@ -58,14 +57,16 @@ def image_for(config: RunConfig) -> str:
     return config.image or os.environ.get("RIGHTSIZER_IMAGE") or DEFAULT_IMAGE
 
 
-def apply_resources(task, config: RunConfig, stage: str):
+def apply_resources(task, config: RunConfig, stage_name: str):
     """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm,
-    object-store credentials as env from the k8s Secret (never a parameter), caching per stage."""
+    object-store credentials as env from the k8s Secret (never a parameter), caching per stage —
+    all from the stage's row in :data:`rightsizer.plan.STAGES` and its ``config.resources`` key."""
     from kfp import kubernetes
 
     from rightsizer.storage import SECRET_KEYS_TO_ENV, settings_env
 
-    spec = config.resources.for_stage(stage)
+    stage = stage_named(stage_name)
+    spec = config.resources.for_stage(stage.resources)
     # optional: a pipeline that never touches s3:// still starts where the Secret is absent; one that
     # does fails with a one-line "no object-store credentials" naming the Secret
     kubernetes.use_secret_as_env(task, secret_name=config.storage.secret_name, secret_key_to_env=SECRET_KEYS_TO_ENV,
@@ -73,35 +74,31 @@ def apply_resources(task, config: RunConfig, stage: str):
     for key, value in settings_env(config.storage).items():
         task.set_env_variable(key, value)
     # training tasks have side effects (checkpoints, TrainJobs, uploads): uncached unless asked for
-    task.set_caching_options(spec.cache if spec.cache is not None else stage not in TRAINING_STAGES)
-    if stage in TRAINING_STAGES and (spec.workers or 1) > 1:
+    task.set_caching_options(spec.cache if spec.cache is not None else stage.cache)
+    if stage.launches and (spec.workers or 1) > 1:
         # the task is a TrainJob launcher (rightsizer.launch.trainjob): the resources, node selector and
-        # tolerations go to the TrainJob's nodes; this pod only stages data, waits and collects; never cached
+        # tolerations go to the TrainJob's nodes; this pod only stages data, waits and collects; never cached.
+        # Only a stage that calls launch.dispatch may become one: any other runs its work in this pod.
         task.set_caching_options(False)
         return task.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("2Gi")
     if spec.cpu:
         task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu)
     if spec.memory:
         task.set_memory_request(spec.memory).set_memory_limit(spec.memory)
-    from rightsizer.launch.placement import planned_gpus
+    if stage.launches:
+        from rightsizer.launch.placement import planned_gpus
 
-    gpus = planned_gpus(config, stage) if stage in TRAINING_STAGES else (spec.gpus if isinstance(spec.gpus, int) else 1)
+        gpus = planned_gpus(config, stage.resources)
+    else:  # one process on one device: `gpus: auto` means one
+        gpus = spec.gpus if isinstance(spec.gpus, int) else 1
     if gpus and gpus > 0:
         task.set_accelerator_type(spec.gpu_type or "nvidia.com/gpu").set_accelerator_limit(gpus)
-    if stage in TRAINING_STAGES or stage == "evaluate":
-        from kfp import kubernetes
-
+    if stage.shm:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
-    if spec.node_selector:
-        from kfp import kubernetes
-
-        for key, value in spec.node_selector.items():
-            kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    if spec.tolerations:
-        from kfp import kubernetes
-
-        for toleration in spec.tolerations:
-            kubernetes.add_toleration(task, **toleration)
+    for key, value in (spec.node_selector or {}).items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in spec.tolerations or []:
+        kubernetes.add_toleration(task, **toleration)
     return task
 
 
@@ -132,18 +129,18 @@ def build_pipeline(config: RunConfig):
         if teacher_names:
             with dsl.ParallelFor(teacher_names, name="teachers") as teacher_name:
                 teach = parts.teacher(config_json=config_json, name=teacher_name, data=data)
-                evaluated = scored(teach, "teachers", "teacher", "teacher", teacher_name)
+                evaluated = scored(teach, "teacher", "teacher", "teacher", teacher_name)
             report_inputs["teacher_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
             if student_runs:
                 # one task sees every teacher (Collected can't feed a task inside a loop): it caches their
                 # logits on the training split; each student and each data-only control reads that bundle
                 gathered = parts.teacher_logits(config_json=config_json, data=data,
                                                 teachers=dsl.Collected(teach.outputs["model"]))
-                apply_resources(gathered, config, "teachers").set_display_name("teacher-logits")
+                apply_resources(gathered, config, "teacher-logits").set_display_name("teacher-logits")
                 with dsl.ParallelFor(student_runs, name="students") as student_name:
                     distilled = parts.distill(config_json=config_json, name=student_name, data=data,
                                               teachers=gathered.outputs["bundle"])
-                    evaluated = scored(distilled, "students", "distill", "student", student_name)
+                    evaluated = scored(distilled, "distill", "distill", "student", student_name)
                 report_inputs["student_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if config.probe is not None:
             # runs beside the teachers; returns the slice depths (finetune_slices, 'auto' resolved from
@@ -154,7 +151,7 @@ def build_pipeline(config: RunConfig):
             if config.probe.finetune_slices:
                 with dsl.ParallelFor(probed.outputs["Output"], name="slices") as depth:
                     sliced = parts.slice(config_json=config_json, layers=depth, data=data)
-                    evaluated = scored(sliced, "probe", "slice", "slice", "")  # name from the slice's summary
+                    evaluated = scored(sliced, "slice", "slice", "slice", "")  # name from the slice's summary
                 report_inputs["slice_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if adapter_names:
             # adapters start from pretrained bases, so they run beside the teachers, one task each
@@ -166,7 +163,7 @@ def build_pipeline(config: RunConfig):
             # zero-/k-shot baselines: each task scores the test split itself and writes a metrics dir
             with dsl.ParallelFor(prompting_rows, name="prompting") as row_name:
                 prompted = parts.prompting(config_json=config_json, name=row_name, data=data)
-                apply_resources(prompted, config, "evaluate").set_display_name("prompting")
+                apply_resources(prompted, config, "prompting").set_display_name("prompting")
             report_inputs["other_metrics"] = dsl.Collected(prompted.outputs["metrics"])
         final = parts.report(config_json=config_json, data=data, **report_inputs)
         apply_resources(final, config, "report").set_display_name("report")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rightsizer import plan as plan_table
 from rightsizer.errors import UserError
 from rightsizer.launch.deepspeed import check_against_training, deepspeed_config, with_zero_stage, zero_stage
 from rightsizer.launch.local import LAUNCHED_ENV, LaunchError, inside_launch
@@ -75,14 +76,16 @@ def plan_launch(config, stage_key: str) -> LaunchPlan:
     return LaunchPlan("in-process", 1, 1, device)
 
 
-def dispatch(stage: str, config, stage_key: str, output_dir: str | Path, *, member, inputs: dict[str, Any],
+def dispatch(stage: str, config, output_dir: str | Path, *, member, inputs: dict[str, Any],
              in_process_only: bool = False) -> dict | None:
-    """Run ``stage`` where its resources say; None means "train here, in this process".
+    """Run ``stage`` where its resources (``config.resources.<its key>``) say; None means "train here, in
+    this process". Only stages marked ``launches`` in :data:`rightsizer.plan.STAGES` call this.
 
     ``member`` is the teacher/student/adapter options (with ``.name``), ``inputs`` the stage's ``--in``
     values by parameter name. ``in_process_only`` is for callers that pass Python objects (callbacks) that
     cannot cross a process boundary: then a plan that needs more processes is a programming error.
     """
+    stage_key = _launching_key(stage)
     plan = plan_launch(config, stage_key)
     if plan.mode == "in-process":
         return None
@@ -102,12 +105,19 @@ def dispatch(stage: str, config, stage_key: str, output_dir: str | Path, *, memb
     return run_trainjob(stage, config, stage_key, output_dir, ordered, name=name)
 
 
-def _ordered_inputs(stage: str, inputs: dict[str, Any]) -> list[Path]:
-    """The stage's inputs in its ``--in`` order (``rightsizer.stages.STAGES``)."""
-    from rightsizer.stages import STAGES
+def _launching_key(stage: str) -> str:
+    """The resources key of ``stage``, which must be one that launches (the pipeline gives only those a
+    launcher pod with ``workers > 1``)."""
+    row = plan_table.stage(stage)
+    if not row.launches:
+        raise ValueError(f"stage {stage} is not marked launches=True in rightsizer.plan.STAGES")
+    return row.resources
 
+
+def _ordered_inputs(stage: str, inputs: dict[str, Any]) -> list[Path]:
+    """The stage's inputs in its ``--in`` order (``rightsizer.plan.STAGES``)."""
     ordered: list[Path] = []
-    for key in STAGES[stage][1]:
+    for key in plan_table.stage(stage).inputs:
         value = inputs[key.lstrip("*")]
         ordered += [Path(v) for v in value] if key.startswith("*") else [Path(value)]
     return ordered
@@ -139,12 +149,14 @@ class TrainingPlan:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_training(config, stage_key: str, options, model) -> TrainingPlan:
-    """DeepSpeed config, memory-aware placement and hardware checks for the process that trains ``model``."""
+def prepare_training(config, stage: str, options, model) -> TrainingPlan:
+    """DeepSpeed config, memory-aware placement and hardware checks for the process that trains ``model``
+    in ``stage`` (a launching stage of :data:`rightsizer.plan.STAGES`)."""
     import torch
 
     from rightsizer.launch import placement as placing
 
+    stage_key = _launching_key(stage)
     spec = config.resources.for_stage(stage_key)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))

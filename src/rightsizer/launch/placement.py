@@ -212,7 +212,7 @@ def stage_models(config, stage_key: str) -> list[tuple[str, int]]:
                 if s.model or first]
     if stage_key == "adapters":
         return [(teachers.get(a.base, a.base), a.batch_size) for a in config.adapters]
-    if stage_key == "probe" and config.probe is not None:
+    if stage_key == "slice" and config.probe is not None:
         return [(teachers.get(config.probe.model, config.probe.model), config.probe.batch_size)]
     return []
 

@@ -215,7 +215,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     adapter = config.adapter(name) if name else config.adapters[0]
     method = METHODS[adapter.method]
     # several GPUs / nodes: this call launches the ranks (each runs this function) and returns their summary
-    launched = launch.dispatch("adapters", config, "adapters", output_dir, member=adapter,
+    launched = launch.dispatch("adapters", config, output_dir, member=adapter,
                                inputs={"data_dir": data_dir}, in_process_only=bool(fine_tune_kwargs))
     if launched is not None:
         return launched

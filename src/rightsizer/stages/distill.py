@@ -159,7 +159,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
 
     student, control = resolve_student(config, name)
     run_name = student.name + CONTROL_SUFFIX if control else student.name
-    launched = launch.dispatch("distill", config, "students", output_dir, member=student.model_copy(update={"name": run_name}),
+    launched = launch.dispatch("distill", config, output_dir, member=student.model_copy(update={"name": run_name}),
                                inputs={"data_dir": data_dir, "teachers_dir": teachers_dir},
                                in_process_only=bool(fine_tune_kwargs))
     if launched is not None:
@@ -181,7 +181,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
         elif trainer_kwargs.get("teacher_tokenizers"):
             tokenized["train"] = with_teacher_tokens(tokenized["train"], dataset["train"],
                                                      trainer_kwargs["teacher_tokenizers"], config.data.max_length)
-        plan = launch.prepare_training(config, "students", student, model)
+        plan = launch.prepare_training(config, "distill", student, model)
         result = fine_tune(
             model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
             max_length=config.data.max_length, deepspeed=plan.deepspeed, tokenized=tokenized, **fine_tune_kwargs,

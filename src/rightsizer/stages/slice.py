@@ -6,7 +6,8 @@ head (:func:`rightsizer.slicing.slice_model`); it is then trained like a teacher
 ``rightsizer.train.fine_tune`` and the ``probe`` section's training options. The saved model's
 config says ``num_hidden_layers = k``, so it reloads with ``from_pretrained``. Candidate name:
 ``<model>-L<k>``, kind ``slice``. Like a teacher, it runs on one device, as every rank of a torchrun
-launch, or on every node of a TrainJob, as ``resources.probe`` says (``launch.dispatch``).
+launch, or on every node of a TrainJob, as ``resources.slice`` (default: ``resources.probe``) says
+(``launch.dispatch``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
     probe = probe_config(config)
     depth = slice_depth(config, layers, name)
     candidate = slice_name(config, depth)
-    launched = launch.dispatch("slice", config, "probe", output_dir, inputs={"data_dir": data_dir},
+    launched = launch.dispatch("slice", config, output_dir, inputs={"data_dir": data_dir},
                                member=SimpleNamespace(name=candidate, **probe.model_dump()),  # --name picks the depth
                                in_process_only=bool(fine_tune_kwargs))
     if launched is not None:
@@ -65,7 +66,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
             resolve_pooling("last", model, tokenizer)
         slice_model(model, depth)
         params, trainable = count_parameters(model)
-        plan = launch.prepare_training(config, "probe", probe, model)
+        plan = launch.prepare_training(config, "slice", probe, model)
         result = fine_tune(
             model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
             max_length=config.data.max_length, deepspeed=plan.deepspeed, **fine_tune_kwargs,

@@ -18,7 +18,7 @@ from rightsizer.train import fine_tune, training_texts
 
 def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None, **fine_tune_kwargs) -> dict:
     teacher = config.teacher(name) if name else config.teachers[0]
-    launched = launch.dispatch("teacher", config, "teachers", output_dir, member=teacher, inputs={"data_dir": data_dir},
+    launched = launch.dispatch("teacher", config, output_dir, member=teacher, inputs={"data_dir": data_dir},
                                in_process_only=bool(fine_tune_kwargs))
     if launched is not None:
         return launched
@@ -26,7 +26,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     with stage_output(output_dir, "teacher", config, name=teacher.name) as out:
         model, tokenizer = load_classifier(teacher.model, card["label_names"], training_texts(dataset), config.seed)
         params, trainable = count_parameters(model)
-        plan = launch.prepare_training(config, "teachers", teacher, model)
+        plan = launch.prepare_training(config, "teacher", teacher, model)
         result = fine_tune(
             model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
             max_length=config.data.max_length, deepspeed=plan.deepspeed, **fine_tune_kwargs,

@@ -1,0 +1,38 @@
+"""The stage table (rightsizer.plan): every stage once, and the table agrees with the code it describes."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+
+from rightsizer.cli import main
+from rightsizer.plan import RESOURCE_KEYS, STAGES
+
+
+def test_each_stage_module_takes_the_inputs_the_table_says():
+    for stage in STAGES.values():
+        parameters = list(inspect.signature(importlib.import_module(stage.run_module).run).parameters)
+        assert parameters[0] == "config", stage.name
+        assert parameters[1:1 + len(stage.inputs)] == list(stage.input_names), stage.name
+        assert "output_dir" in parameters, stage.name
+
+
+def test_launches_is_true_exactly_for_the_stages_that_call_dispatch():
+    for stage in STAGES.values():
+        source = inspect.getsource(importlib.import_module(stage.run_module))
+        calls = re.findall(r'launch\.dispatch\(\s*"([a-z-]+)"', source)
+        assert calls == ([stage.name] if stage.launches else []), stage.name
+
+
+def test_resource_keys_fall_back_to_known_keys():
+    assert all(parent in RESOURCE_KEYS for parent in RESOURCE_KEYS.values() if parent is not None)
+    assert {s.resources for s in STAGES.values()} <= set(RESOURCE_KEYS)
+
+
+def test_stage_help_lists_every_stage(capsys):
+    assert main(["stage", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for stage in STAGES.values():
+        assert re.search(rf"(^| ){re.escape(stage.name)}( --in \S+)*: {re.escape(stage.help)}", text), stage.name
+    assert "teacher-logits --in data_dir --in teacher_dirs..." in text
