@@ -88,3 +88,45 @@ def test_teacher_and_adapter_on_tiny_llama(small_data, tmp_path):
         alone = single_logits(model, tokenizer)
         np.testing.assert_allclose(logits_with_padding(model, tokenizer, "left"), alone, atol=1e-4)
         np.testing.assert_allclose(logits_with_padding(model, tokenizer, "right"), alone, atol=1e-4)
+
+
+def test_lora_on_a_bf16_checkpoint_trains_in_fp32_reloads_and_merges(small_data, tmp_path, demo_texts):
+    """A Llama saved in bf16 (as Mistral-style checkpoints are): trained on fp32 master weights, its adapter
+    reloads and merges with the same predictions (transformers 5 would otherwise train the bf16 weights as is)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rightsizer.models import train_tokenizer
+    from rightsizer.stages import adapters
+
+    tokenizer = train_tokenizer("bpe", demo_texts, 1000)
+    config = PRESETS["tiny-llama-2l"].build_config(len(tokenizer), tokenizer)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
+    tokenizer.save_pretrained(str(tmp_path / "bf16"))
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    raw = tiny_raw(adapters=[{"name": "lora16", "method": "lora", "base": str(tmp_path / "bf16"), "max_steps": 4,
+                              "batch_size": 16, "learning_rate": 1e-2, "logging_steps": 1}])
+    raw["data"].update({"max_train_samples": 120, "max_eval_samples": 30})
+    summary = adapters.run(config_from_dict(raw), small_data, tmp_path / "adapter")
+    assert summary["precision"]["weights"] == "float32"
+    for check in (summary["reload_check"], summary["merge_check"]):
+        assert check["ok"] and check["agreement"] == 1.0 and check["max_abs_diff"] <= check["tolerance"] <= 1e-3
+    unmerged, tokenizer = load_saved(tmp_path / "adapter" / "adapter")
+    merged, _ = load_saved(tmp_path / "adapter" / "model")
+    np.testing.assert_allclose(single_logits(merged, tokenizer), single_logits(unmerged, tokenizer), atol=1e-3)
+
+
+def test_checks_in_half_precision_widen_the_tolerance_but_catch_a_flipped_prediction():
+    from rightsizer.stages.adapters import RELOAD_TOLERANCE, _compare, check_tolerance
+
+    reference = np.array([[2.0, -1.0, 0.5], [0.1, 3.2, -2.0], [1.0, 1.001, 0.0]], dtype=np.float32)
+    rounded = torch.tensor(reference).to(torch.bfloat16).float().numpy()
+    assert not _compare(reference, rounded, check_tolerance(RELOAD_TOLERANCE, torch.float32, reference))["ok"]
+    tolerance = check_tolerance(RELOAD_TOLERANCE, torch.bfloat16, reference)
+    assert RELOAD_TOLERANCE < tolerance < 0.25 and _compare(reference, rounded, tolerance)["ok"]
+    tie_flipped = reference.copy()
+    tie_flipped[2] = [1.001, 1.0, 0.0]  # the third row's top two are within the tolerance: a flip there is noise
+    assert _compare(reference, tie_flipped, tolerance)["ok"]
+    flipped = rounded.copy()
+    flipped[0] = [1.99, 2.0, 0.5]  # a clear decision changed
+    assert not _compare(reference, flipped, tolerance)["ok"]

@@ -30,6 +30,7 @@ class FineTuneResult:
     tokens_per_s: float
     steps: int
     resumed_from: str | None = None
+    precision: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -44,7 +45,7 @@ class FineTuneResult:
         """The training facts every training stage puts in its summary.json."""
         return {"train_time_s": self.train_time_s, "samples_per_s": self.samples_per_s,
                 "tokens_per_s": self.tokens_per_s, "steps": self.steps, "resumed_from": self.resumed_from,
-                "validation": self.eval_metrics}
+                "precision": self.precision, "validation": self.eval_metrics}
 
 
 def training_texts(dataset) -> list[str]:
@@ -70,6 +71,16 @@ def _compute_metrics(eval_prediction) -> dict[str, float]:
     if isinstance(logits, tuple):
         logits = logits[0]
     return classification_metrics(np.argmax(logits, axis=-1), eval_prediction.label_ids)
+
+
+def fp32_master_weights(model) -> None:
+    """Trainable half-precision weights go to fp32: AdamW on bf16/fp16 weights drops small updates (bf16 keeps
+    8 bits of mantissa), and fp16 overflows. Frozen weights keep their dtype. DeepSpeed keeps its own fp32 copy."""
+    import torch
+
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
+            parameter.data = parameter.data.float()
 
 
 def last_checkpoint(checkpoint_dir: Path) -> str | None:
@@ -119,6 +130,8 @@ def fine_tune(
     interval = checkpoint_steps or min(steps_per_epoch, total_steps)
     on_gpu = torch.cuda.is_available()
     bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+    if deepspeed is None:
+        fp32_master_weights(model)
     rank_zero = int(os.environ.get("RANK", "0")) == 0
     # several nodes: each keeps its checkpoints on its own disk (no shared filesystem between pods)
     multi_node = world > int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -211,6 +224,9 @@ def fine_tune(
         tokens_per_s=round(tokens / train_time, 1) if train_time > 0 else 0.0,
         steps=output.global_step,
         resumed_from=resume,
+        precision={"weights": "+".join(sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                                               if p.requires_grad})),
+                   "autocast": "bf16" if bf16 else None, "deepspeed": deepspeed is not None},
         extra={"trainer": trainer, "throughput": meter.rate().summary()},
     )
 
