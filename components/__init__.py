@@ -4,4 +4,5 @@ at module level; everything heavy is imported inside the component body (it runs
 
 import os
 
-DEFAULT_IMAGE = os.environ.get("RIGHTSIZER_IMAGE", "ghcr.io/rightsizer/rightsizer:0.1.0")
+PUBLISHED_IMAGE = "ghcr.io/rightsizer/rightsizer:0.1.0"  # .github/workflows/images.yml publishes it and its -cuda twin
+DEFAULT_IMAGE = os.environ.get("RIGHTSIZER_IMAGE", PUBLISHED_IMAGE)

@@ -52,7 +52,8 @@ def test_compiled_demo_has_resources_shm_secret_env_and_caching(tmp_path, monkey
         assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == "2", stage
         assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == "8Gi", stage
         env = {e["name"]: e["value"] for e in _executor(executors, stage)["container"]["env"]}
-        assert env == {"AWS_ENDPOINT_URL": "http://minio-service.kubeflow:9000"}, stage
+        scratch = {"HF_HOME": "/scratch/huggingface", "TMPDIR": "/scratch"} if stage == "teacher" else {}  # GPU task
+        assert env == {"AWS_ENDPOINT_URL": "http://minio-service.kubeflow:9000", **scratch}, stage
         secret = platform[f"exec-{stage}"]["secretAsEnv"][0]
         assert secret["secretName"] == "mlpipeline-minio-artifact"
         assert {k["secretKey"]: k["envVar"] for k in secret["keyToEnv"]} == {
@@ -159,3 +160,75 @@ def test_a_stage_own_resources_key_overrides_the_one_it_falls_back_to(tmp_path, 
     assert _executor(executors, "teacher")["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     assert _executor(executors, "slice-model")["container"]["resources"]["resourceMemoryLimit"] == "20Gi"
     assert _executor(executors, "probe")["container"]["resources"]["resourceMemoryLimit"] == "8Gi"
+
+# ---------------------------------------------------------------------------------------------
+# a real cluster's first try: images that match the hardware, KFP's store, tokens, retries
+
+
+def _image(spec: dict, stage: str) -> str:
+    return _executor(spec["deploymentSpec"]["executors"], stage)["container"]["image"]
+
+
+def test_gpu_stages_get_the_cuda_image(tmp_path, monkeypatch):
+    spec, _, _ = _compile(tmp_path, monkeypatch)  # demo: teachers/students/adapters/probe with 1 GPU each
+    assert _image(spec, "teacher") == "ghcr.io/rightsizer/rightsizer:0.1.0-cuda"
+    assert _image(spec, "prepare") == _image(spec, "report") == "ghcr.io/rightsizer/rightsizer:0.1.0"
+    spec, _, _ = _compile(tmp_path, monkeypatch, "--set", "image=reg.example/rs:1", "--set", "image_cuda=reg.example/rs:1-gpu")
+    assert _image(spec, "teacher") == "reg.example/rs:1-gpu" and _image(spec, "evaluate") == "reg.example/rs:1"
+
+
+def test_own_cpu_image_without_a_cuda_image_is_refused_for_gpu_stages(tmp_path, capsys):
+    out = tmp_path / "x.yaml"
+    assert main(["compile", str(DEMO), "-o", str(out), "--set", "image=reg.example/rs:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: resources.") and "image_cuda" in err[0]
+    assert not out.exists()
+    cpu_only = ["--set", "image=reg.example/rs:1"] + [x for s in ("teachers", "students", "adapters", "probe")
+                                                       for x in ("--set", f"resources.{s}.gpus=0")]
+    assert main(["compile", str(DEMO), "-o", str(out), *cpu_only]) == 0
+
+
+def test_every_task_reads_the_storage_config_map_and_the_hf_token_secret(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_fakeTokenThatMustNeverLeak")
+    spec, platform, text = _compile(tmp_path, monkeypatch, "--set", "hf_token_secret=hf-token")
+    assert "hf_fakeTokenThatMustNeverLeak" not in text
+    assert len(platform) == len(spec["deploymentSpec"]["executors"]) >= 8
+    for name, executor in platform.items():
+        (config_map,) = executor["configMapAsEnv"]
+        assert config_map["configMapName"] == "rightsizer-storage" and config_map["optional"] is True, name
+        assert {k["configMapKey"]: k["envVar"] for k in config_map["keyToEnv"]} == {
+            "endpoint": "AWS_ENDPOINT_URL", "bucket": "RIGHTSIZER_S3_BUCKET", "prefix": "RIGHTSIZER_S3_PREFIX"}, name
+        secrets = {s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]} for s in executor["secretAsEnv"]}
+        assert secrets["hf-token"] == {"token": "HF_TOKEN"}, name
+    # what the config sets is plain env, and no longer also taken from the ConfigMap
+    _, platform, _ = _compile(tmp_path, monkeypatch, "--set", "storage.endpoint=http://s3.internal:8333",
+                              "--set", "storage.bucket=models")
+    keys = {k["configMapKey"] for k in platform["exec-prepare"]["configMapAsEnv"][0]["keyToEnv"]}
+    assert keys == {"prefix"}
+
+
+def test_gpu_tasks_retry_and_get_scratch_space(tmp_path, monkeypatch):
+    spec, platform, _ = _compile(tmp_path, monkeypatch, "--set", "resources.teachers.disk=200Gi",
+                                 "--set", "resources.prepare.retries=1")
+    retry = _task(spec, "teacher")["retryPolicy"]
+    assert retry["maxRetryCount"] == 2 and retry["backoffDuration"] == "60s"
+    assert "retryPolicy" not in _task(spec, "report")  # CPU tasks: a failure is a bug or bad data, not bad luck
+    assert _task(spec, "prepare")["retryPolicy"]["maxRetryCount"] == 1
+    mounts = {m["volumeName"]: m for m in platform["exec-teacher"]["emptyDirMounts"]}
+    assert mounts["scratch"]["mountPath"] == "/scratch" and mounts["scratch"]["sizeLimit"] == "200Gi"
+    assert mounts["dshm"]["medium"] == "Memory"
+    env = {e["name"]: e["value"] for e in _executor(spec["deploymentSpec"]["executors"], "teacher")["container"]["env"]}
+    assert env["HF_HOME"].startswith("/scratch/")
+    assert "emptyDirMounts" not in platform["exec-report"]
+
+
+def test_toleration_seconds_compile_and_unknown_toleration_keys_are_refused(tmp_path, monkeypatch, capsys):
+    _, platform, _ = _compile(tmp_path, monkeypatch, "--set", "resources.teachers.tolerations=[{key: nvidia.com/gpu, "
+                              "operator: Exists, effect: NoExecute, tolerationSeconds: 300}]")
+    assert platform["exec-teacher"]["tolerations"][0] == {"key": "nvidia.com/gpu", "operator": "Exists",
+                                                           "effect": "NoExecute", "tolerationSeconds": "300"}  # int64 as JSON
+    out = tmp_path / "y.yaml"
+    assert main(["compile", str(DEMO), "-o", str(out), "--set",
+                 "resources.teachers.tolerations=[{key: gpu, toleration_seconds: 5}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key(s) toleration_seconds" in err[0] and not out.exists()

@@ -18,7 +18,7 @@ def test_defaults_fill_every_section():
     assert config.students == [] and config.adapters == [] and config.probe is None
     assert config.report.metric == "macro_f1" and config.report.tolerance == 0.01
     assert config.resources.for_stage("teachers").cpu == "2"
-    assert config.storage.bucket == "rightsizer"
+    assert config.storage.bucket is None  # resolved at run time: $RIGHTSIZER_S3_BUCKET (the ConfigMap), else rightsizer
 
 
 def test_resources_merge_default_and_stage():

@@ -38,7 +38,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def rendered(tree) -> dict[str, list[dict]]:
     targets = {"cluster": tree / "cluster"} | {p.name: p for p in sorted((tree / "overlays").iterdir()) if p.is_dir()}
-    assert {"kfp", "standalone"} <= set(targets)
+    assert {"kfp", "kfp-multi-user", "standalone"} <= set(targets)
     return {name: [d for d in yaml.safe_load_all(render(path)) if d] for name, path in targets.items()}
 
 
@@ -102,7 +102,7 @@ def test_every_pod_runs_non_root_without_privilege_and_with_limits(rendered):
                     assert ":" in container["image"].rsplit("/", 1)[-1] and not container["image"].endswith(":latest"), where
                     mounts |= {m["mountPath"] for m in container.get("volumeMounts", [])}
                 assert "/tmp" in mounts, f"{where}: a read-only root needs a writable /tmp"
-    assert pods == 5  # tensorboard x2 overlays, minio, bucket job, training runtime
+    assert pods == 6  # tensorboard x3 overlays, minio, bucket job, training runtime
 
 
 def test_rbac_is_least_privilege_for_trainjobs(rendered):
@@ -138,7 +138,7 @@ def test_training_runtime_uses_the_project_image_and_torch(rendered):
     runtime = _one(rendered, "cluster", "ClusterTrainingRuntime", "rightsizer-torch-distributed")
     assert runtime["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
     assert "namespace" not in runtime["metadata"]  # cluster-scoped
-    assert runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] == "auto"
+    assert runtime["spec"]["mlPolicy"]["torch"] == {}  # Trainer >= 2.2 has no numProcPerNode there
     (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
     assert job["name"] == "node"
     assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
@@ -158,7 +158,10 @@ def test_storage_wiring_per_overlay(rendered, tree):
     assert kfp["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "mlpipeline-minio-artifact", "key": "accesskey"}
     assert kfp["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": "mlpipeline-minio-artifact", "key": "secretkey"}
     assert not _objects(rendered, "kfp", "Secret")  # KFP's own Secret is used, none is created
-    assert _one(rendered, "kfp", "ConfigMap", "rightsizer-storage")["data"]["endpoint"] == "http://minio-service.kubeflow:9000"
+    # KFP >= 2.15 ships SeaweedFS: service `seaweedfs` in kubeflow, S3 on 8333 (no minio-service from 2.16)
+    assert _one(rendered, "kfp", "ConfigMap", "rightsizer-storage")["data"] == {
+        "endpoint": "http://seaweedfs.kubeflow:8333", "bucket": "mlpipeline", "prefix": "rightsizer",
+        "tensorboard_logdir": "s3://mlpipeline/v2/artifacts"}
 
     standalone = tensorboard_env("standalone")
     assert standalone["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "rightsizer-s3"
@@ -201,4 +204,61 @@ def test_missing_secret_env_file_says_how_to_create_it(tree, tmp_path, capsys):
     assert "cp " in err[0] and "storage.env.example" in err[0]
     assert not out.exists()
     assert main(["manifests", "no-such-overlay"]) == 2
-    assert "overlays: kfp, standalone" in capsys.readouterr().err
+    assert "overlays: kfp, kfp-multi-user, standalone" in capsys.readouterr().err
+
+
+def test_standalone_puts_its_secret_where_the_pipeline_pods_run(rendered):
+    # a pod mounts only its own namespace's Secret: the Secret, ConfigMap and RBAC go where KFP runs pipeline pods
+    secret = _one(rendered, "standalone", "Secret", "rightsizer-s3")
+    assert secret["metadata"]["namespace"] == "kubeflow"
+    assert not _objects(rendered, "standalone", "Namespace")
+    for obj in rendered["standalone"]:
+        if obj["kind"] not in ("ClusterRoleBinding",):
+            assert obj["metadata"]["namespace"] == "kubeflow", obj["metadata"]["name"]
+    binding = _one(rendered, "standalone", "RoleBinding", "rightsizer-trainjobs")
+    assert ("pipeline-runner", "kubeflow") in {(s["name"], s["namespace"]) for s in binding["subjects"]}
+
+
+def _multi_user(tree, tmp_path, namespace: str) -> list[dict]:
+    copy_root = tmp_path / "k8s"
+    shutil.copytree(tree, copy_root)
+    overlay = copy_root / "overlays" / "kfp-multi-user"
+    text = (overlay / "kustomization.yaml").read_text().replace("namespace: team-a", f"namespace: {namespace}")
+    (overlay / "kustomization.yaml").write_text(text)
+    return [d for d in yaml.safe_load_all(render(overlay)) if d]
+
+
+def test_multi_user_overlay_is_per_profile(tree, tmp_path):
+    import kubernetes_validate
+
+    objects = {ns: _multi_user(tree, tmp_path / ns, ns) for ns in ("team-a", "ml-team-b")}
+    for namespace, rendered_objects in objects.items():
+        by_kind = {(o["kind"], o["metadata"]["name"]): o for o in rendered_objects}
+        text = yaml.safe_dump_all(rendered_objects)
+        assert "NAMESPACE" not in text
+        config = by_kind[("ConfigMap", "rightsizer-storage")]["data"]
+        # the profile's SeaweedFS credentials reach only mlpipeline/private-artifacts/<ns>/* (and a few shared prefixes)
+        assert config["bucket"] == "mlpipeline" and config["endpoint"] == "http://seaweedfs.kubeflow:8333"
+        assert config["prefix"] == f"private-artifacts/{namespace}/rightsizer"
+        assert config["tensorboard_logdir"] == f"s3://mlpipeline/private-artifacts/{namespace}/v2/artifacts"
+        # one ClusterRoleBinding per profile: applying the next profile does not replace this one's subjects
+        reader = by_kind[("ClusterRoleBinding", f"rightsizer-runtime-reader-{namespace}")]
+        subjects = {(s["name"], s["namespace"]) for s in reader["subjects"]}
+        assert subjects == {("rightsizer-runner", namespace), ("default-editor", namespace)}
+        binding = by_kind[("RoleBinding", "rightsizer-trainjobs")]
+        assert binding["metadata"]["namespace"] == namespace
+        assert {(s["name"], s["namespace"]) for s in binding["subjects"]} == subjects
+        assert not any(o["kind"] == "Secret" for o in rendered_objects)  # the profile controller's Secret is used
+        tensorboard = by_kind[("Deployment", "rightsizer-tensorboard")]
+        env = {e["name"]: e.get("valueFrom") for e in tensorboard["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "mlpipeline-minio-artifact"
+        for obj in rendered_objects:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    names = [{o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRoleBinding"} for objs in objects.values()]
+    assert not names[0] & names[1]
+
+
+def test_training_pods_opt_out_of_istio(rendered):
+    runtime = _one(rendered, "cluster", "ClusterTrainingRuntime", "rightsizer-torch-distributed")
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert job["template"]["spec"]["template"]["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"

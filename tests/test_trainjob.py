@@ -32,6 +32,8 @@ from rightsizer.errors import UserError
 from rightsizer.launch import LaunchError
 from rightsizer.launch.trainjob import run_trainjob
 
+import trainer_rules
+
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "team-a"
 TOKEN = "test-token"
@@ -49,8 +51,9 @@ def _free_port() -> int:
 class FakeKubernetes:
     """Loopback Kubernetes API + a toy Trainer controller. ``mode``: run | fail | user-error | hang."""
 
-    def __init__(self, tmp: Path, mode: str = "run", runtimes: dict | None = None):
+    def __init__(self, tmp: Path, mode: str = "run", runtimes: dict | None = None, config_maps: dict | None = None):
         self.tmp, self.mode = tmp, mode
+        self.config_maps = config_maps or {}
         self.runtimes = runtimes if runtimes is not None else {"rightsizer-torch-distributed": self.stock_runtime()}
         self.jobs: dict[str, dict] = {}
         self.pods: dict[str, dict] = {}
@@ -58,6 +61,7 @@ class FakeKubernetes:
         self.processes: list[subprocess.Popen] = []
         self.created: list[dict] = []
         self.deleted: list[str] = []
+        self.refused: list[list[str]] = []
         self.unauthorised = 0
         self.lock = threading.Lock()
         fake = self
@@ -150,6 +154,13 @@ class FakeKubernetes:
 
     def create(self, namespace: str, body: dict):
         name = body["metadata"]["name"]
+        # the API server's admission: the Trainer v2.3 CRD schema and validating webhook (tests/trainer_rules.py)
+        runtime = self.runtimes.get(body["spec"]["runtimeRef"]["name"])
+        refused = trainer_rules.admission_errors(body, runtime, "v2.3.0") if runtime else []
+        if refused:
+            self.refused.append(refused)
+            return 422, _status(422, "admission webhook \"validate.trainjob.trainer.kubeflow.org\" denied the "
+                                     f"request: {refused[0]}"), "application/json"
         with self.lock:
             self.created.append(json.loads(json.dumps(body)))
             job = json.loads(json.dumps(body))
@@ -203,16 +214,19 @@ class FakeKubernetes:
     def run_nodes(self, name: str, job: dict, nodes: int):
         """Start every node's command like the Trainer's torch plugin would, then report the outcome."""
         trainer = job["spec"]["trainer"]
-        patch_env = []
-        for patch in job["spec"].get("runtimePatches", []):
-            for rjob in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
-                for container in rjob["template"]["spec"]["template"]["spec"].get("containers", []):
-                    patch_env += container.get("env", [])
-        base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # credentials only via the Secret
-        env = {**base, **{e["name"]: e["value"] for e in trainer.get("env", [])}}
-        for entry in patch_env:
-            ref = entry["valueFrom"]["secretKeyRef"]
-            env[entry["name"]] = SECRET[ref["name"]][ref["key"]]
+        # credentials and store settings only via the Secret and the ConfigMap, as on a cluster
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RIGHTSIZER_S3_"))}
+        env = dict(base)
+        for entry in trainer.get("env", []):  # the torch plugin copies spec.trainer.env onto container `node`
+            source = entry.get("valueFrom", {})
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+            elif ref := source.get("secretKeyRef"):
+                if ref["key"] in SECRET.get(ref["name"], {}):
+                    env[entry["name"]] = SECRET[ref["name"]][ref["key"]]
+            elif ref := source.get("configMapKeyRef"):
+                if ref["key"] in self.config_maps.get(ref["name"], {}):
+                    env[entry["name"]] = self.config_maps[ref["name"]][ref["key"]]
         port = _free_port()
         command = [sys.executable if trainer["command"][0] == "python" else trainer["command"][0],
                    *trainer["command"][1:], *trainer["args"]]
@@ -287,8 +301,8 @@ def s3(monkeypatch):
 def cluster(tmp_path, monkeypatch):
     made = []
 
-    def make(mode: str = "run", runtimes: dict | None = None) -> FakeKubernetes:
-        fake = FakeKubernetes(tmp_path, mode, runtimes)
+    def make(mode: str = "run", runtimes: dict | None = None, config_maps: dict | None = None) -> FakeKubernetes:
+        fake = FakeKubernetes(tmp_path, mode, runtimes, config_maps)
         made.append(fake)
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig()))
         return fake
@@ -304,8 +318,9 @@ def multi_node_config(tiny_config, endpoint: str, *, workers=2, gpus=0, processe
     if processes:
         resources["processes"] = processes
     raw_overrides = [f"teachers.0.{k}={v}" for k, v in (teacher_overrides or {}).items()]
-    return tiny_config(raw_overrides, image="registry.example/rightsizer:test",
-                       resources={"teachers": resources}, storage={"endpoint": endpoint, "bucket": "rightsizer"})
+    return tiny_config(raw_overrides, image="registry.example/rightsizer:test", image_cuda="registry.example/rightsizer:test-cuda",
+                       resources={"teachers": resources}, storage={"endpoint": endpoint, "bucket": "rightsizer"},
+                       hf_token_secret="hf-token")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,17 +347,24 @@ def test_trainjob_for_two_nodes_of_four_gpus(s3, cluster, tiny_config, demo_data
                                "apiGroup": "trainer.kubeflow.org"}
     assert spec["activeDeadlineSeconds"] == 1 + 300  # the cluster stops it even if the launcher dies
     trainer = spec["trainer"]
-    assert trainer["image"] == "registry.example/rightsizer:test"
+    assert trainer["image"] == "registry.example/rightsizer:test-cuda"  # GPU nodes: the CUDA image
     assert trainer["numNodes"] == 2
     assert trainer["command"] == ["python", "-m", "rightsizer.launch.node"]
     prefix = f"s3://rightsizer/runs/test/trainjobs/{name}"
     assert trainer["args"] == ["stage", "teacher", "--config", f"{prefix}/config.json", "--in", f"{prefix}/inputs/0-data",
                                "--out", f"{prefix}/output", "--name", "teacher", "--nproc-per-node", "4"]
-    wanted = {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "4"}
+    wanted = {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "4", "ephemeral-storage": "50Gi"}
     assert trainer["resourcesPerNode"] == {"requests": wanted, "limits": wanted}
-    env = {e["name"]: e["value"] for e in trainer["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in trainer["env"]}
     assert env["AWS_ENDPOINT_URL"] == endpoint and env["RIGHTSIZER_QUIET"] == "1"
-    assert not any("testing" in json.dumps(e) for e in trainer["env"])  # no credential values anywhere
+    assert env["RIGHTSIZER_S3_BUCKET"] == "rightsizer"
+    # every env var is in spec.trainer.env (Trainer >= 2.2 refuses env in a runtime patch), secrets by reference
+    secret = {"name": "mlpipeline-minio-artifact", "optional": True}
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {**secret, "key": "accesskey"}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {**secret, "key": "secretkey"}}
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token", "optional": True}}
+    assert env["RIGHTSIZER_S3_PREFIX"] == {"configMapKeyRef": {"name": "rightsizer-storage", "key": "prefix",
+                                                               "optional": True}}
     (patch,) = spec["runtimePatches"]
     assert patch["manager"] == "rightsizer.io/launcher"
     (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
@@ -351,12 +373,12 @@ def test_trainjob_for_two_nodes_of_four_gpus(s3, cluster, tiny_config, demo_data
     assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
     (container,) = pod["containers"]
     assert container["name"] == "node"
-    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
-    assert container["env"] == [
-        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "mlpipeline-minio-artifact", "key": "accesskey"}}},
-        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "mlpipeline-minio-artifact", "key": "secretkey"}}},
-    ]
+    assert container == {"name": "node", "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}  # no env
     assert "testing" not in json.dumps(job)
+    # what the Trainer v2.2 and v2.3 API servers admit: their CRD schemas and webhook rules
+    for version in trainer_rules.VERSIONS:
+        assert trainer_rules.admission_errors(job, fake.stock_runtime(), version) == [], version
+    assert fake.refused == []
     # staged before the job was created: the config (as JSON) and the prepared data
     staged = {o.key for o in store.list(prefix)}
     assert f"runs/test/trainjobs/{name}/config.json" in staged

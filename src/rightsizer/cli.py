@@ -116,6 +116,8 @@ def compile_command(
     config_path: Path = typer.Argument(..., metavar="CONFIG"),
     output: Path = typer.Option(..., "--output", "-o", help="pipeline YAML to write"),
     overrides: Optional[list[str]] = SetOption,
+    trainjobs: Optional[Path] = typer.Option(None, "--trainjobs", help="also write, into this directory, the "
+                                             "Kubeflow Trainer TrainJob each multi-node stage (workers > 1) will create"),
 ) -> None:
     """Compile the pipeline to KFP IR YAML (upload it in the KFP UI)."""
     from rightsizer.pipeline import compile_pipeline
@@ -123,6 +125,12 @@ def compile_command(
     config = _load(config_path, overrides)
     path = compile_pipeline(config, output)
     console.print(f"wrote {path}")
+    if trainjobs is not None:
+        from rightsizer.launch.trainjob import write_trainjobs
+
+        written = write_trainjobs(config, trainjobs)
+        console.print(f"wrote {len(written)} TrainJob(s) to {trainjobs}" if written else
+                      "no stage has workers > 1: no TrainJobs to write")
 
 
 HostOption = typer.Option(None, "--host", help="KFP API URL, e.g. http://localhost:8080 (or $KF_PIPELINES_ENDPOINT)")

@@ -255,8 +255,26 @@ class ResourceSpec(Strict):
                                   "deleted and the stage fails (default 86400)")
     trainjob_runtime: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
                                          description="workers > 1: the Kubeflow Trainer runtime (default rightsizer-torch)")
+    retries: int | None = Field(None, ge=0, le=10, description="times a failed pod is retried, with backoff (default: "
+                                "2 for tasks with GPUs — preemption, a lost node, a GPU fault — else 0)")
+    disk: str | None = Field(None, description="scratch space per pod for caches and checkpoints, a quantity (default: "
+                             "50Gi for tasks with GPUs, mounted at /scratch; on TrainJob nodes an ephemeral-storage request)")
 
-    @field_validator("cpu", "memory", mode="before")
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations(cls, value: Any) -> Any:
+        allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for toleration in value or []:
+            unknown = sorted(set(toleration) - allowed)
+            if unknown:
+                raise ValueError(f"toleration {toleration}: unknown key(s) {', '.join(unknown)}; a toleration has "
+                                 f"{', '.join(sorted(allowed))} (Kubernetes spelling)")
+            seconds = toleration.get("tolerationSeconds")
+            if seconds is not None and (not isinstance(seconds, int) or isinstance(seconds, bool)):
+                raise ValueError(f"toleration {toleration}: tolerationSeconds must be a whole number of seconds")
+        return value
+
+    @field_validator("cpu", "memory", "disk", mode="before")
     @classmethod
     def _quantity(cls, value: Any) -> Any:
         if value is None:
@@ -314,10 +332,14 @@ class ResourcesConfig(Strict):
 
 class StorageConfig(Strict):
     endpoint: str | None = Field(None, description="http://host:port (no TLS), https://host or bare host (TLS)")
-    bucket: str = Field("rightsizer", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                               description="default: $RIGHTSIZER_S3_BUCKET (on a cluster the rightsizer-storage "
+                               "ConfigMap's bucket: mlpipeline next to KFP), else 'rightsizer'")
     secure: bool | None = Field(None, description="TLS on/off; default: from the endpoint's scheme (bare host = TLS)")
     region: str | None = Field(None, description="S3 region (default: $AWS_REGION; MinIO ignores it)")
-    prefix: str = Field("runs", description="key prefix for run artifacts")
+    prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+                               description="key prefix for run artifacts (default: $RIGHTSIZER_S3_PREFIX, the "
+                               "ConfigMap's prefix — private-artifacts/<namespace>/rightsizer on multi-user KFP — else 'runs')")
     secret_name: str = Field("mlpipeline-minio-artifact", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
                              description="k8s Secret (keys accesskey/secretkey) mounted as AWS_ACCESS_KEY_ID/"
                              "AWS_SECRET_ACCESS_KEY in every task; the name only, never the values")
@@ -353,7 +375,14 @@ class StorageConfig(Strict):
 class RunConfig(Strict):
     name: str = Field("rightsizer", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="lowercase, digits, '-'")
     seed: int = Field(42, ge=0)
-    image: str | None = Field(None, description="container image for every stage (default: $RIGHTSIZER_IMAGE)")
+    image: str | None = Field(None, description="container image for every stage without GPUs (default: $RIGHTSIZER_IMAGE, "
+                              "else the published CPU image)")
+    image_cuda: str | None = Field(None, description="image for stages with GPUs, a build of images/Dockerfile.cuda "
+                                   "(default: $RIGHTSIZER_IMAGE_CUDA, else the published CUDA image; required when "
+                                   "image names your own build)")
+    hf_token_secret: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                                        description="k8s Secret whose key `token` becomes HF_TOKEN in every task and "
+                                        "TrainJob node (gated models: Llama, Mistral, Gemma); the name only, never the token")
     data: DataConfig
     teachers: list[TeacherConfig] = Field(default_factory=lambda: [TeacherConfig()])
     students: list[StudentConfig] = Field(default_factory=list)

@@ -34,45 +34,104 @@ class Components:
     distill: object
 
 
-def load_components(image: str) -> "Components":
-    """The project's components, re-wrapped with ``image`` as their base image."""
+# the stage (rightsizer.plan.STAGES) each component's tasks run, which decides their image (CUDA with GPUs)
+COMPONENT_STAGES = {"prepare": "prepare", "teacher": "teacher", "teacher_logits": "teacher-logits",
+                    "distill": "distill", "adapter": "adapters", "probe": "probe", "slice": "slice",
+                    "evaluate": "evaluate", "prompting": "prompting", "report": "report"}
+GPU_RETRIES = 2
+GPU_RETRY_BACKOFF = "60s"
+GPU_DISK = "50Gi"
+SCRATCH = "/scratch"
+
+
+def load_components(config: RunConfig) -> "Components":
+    """The project's components, re-wrapped with each stage's image (:func:`image_for`)."""
     from kfp import dsl
 
     from rightsizer_components import adapters, evaluate, prepare, probe, prompting, report, teacher
     from rightsizer_components import distill, teacher_logits
     from rightsizer_components import slice as slice_component
 
-    def wrap(component):
+    def wrap(field, component):
+        stage = stage_named(COMPONENT_STAGES[field])
+        image = image_for(config, stage.resources, task_gpus(config, stage.name))
         return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
-    return Components(prepare=wrap(prepare.prepare), teacher=wrap(teacher.teacher), probe=wrap(probe.probe),
-                      slice=wrap(slice_component.slice_model), evaluate=wrap(evaluate.evaluate),
-                      report=wrap(report.report), adapter=wrap(adapters.adapter), prompting=wrap(prompting.prompting),
-                      teacher_logits=wrap(teacher_logits.teacher_logits), distill=wrap(distill.distill))
+    return Components(prepare=wrap("prepare", prepare.prepare), teacher=wrap("teacher", teacher.teacher),
+                      probe=wrap("probe", probe.probe), slice=wrap("slice", slice_component.slice_model),
+                      evaluate=wrap("evaluate", evaluate.evaluate), report=wrap("report", report.report),
+                      adapter=wrap("adapter", adapters.adapter), prompting=wrap("prompting", prompting.prompting),
+                      teacher_logits=wrap("teacher_logits", teacher_logits.teacher_logits),
+                      distill=wrap("distill", distill.distill))
 
 
-def image_for(config: RunConfig) -> str:
-    from rightsizer_components import DEFAULT_IMAGE
+def image_for(config: RunConfig, resources_key: str | None = None, gpus: int = 0) -> str:
+    """The image for a pod: the CPU image, or with GPUs the CUDA image (``image_cuda``).
 
-    return config.image or os.environ.get("RIGHTSIZER_IMAGE") or DEFAULT_IMAGE
+    The published images come in pairs (``X`` and ``X-cuda``); a config that names its own CPU build
+    must name its CUDA build too, or a GPU stage would train on CPU torch without DeepSpeed."""
+    from rightsizer_components import DEFAULT_IMAGE, PUBLISHED_IMAGE
+
+    cpu = config.image or os.environ.get("RIGHTSIZER_IMAGE") or DEFAULT_IMAGE
+    if not gpus:
+        return cpu
+    cuda = config.image_cuda or os.environ.get("RIGHTSIZER_IMAGE_CUDA")
+    if cuda:
+        return cuda
+    if cpu == PUBLISHED_IMAGE:
+        return f"{PUBLISHED_IMAGE}-cuda"
+    raise UserError(f"resources.{resources_key} asks for {gpus} GPU(s) but only a CPU image is set ({cpu}); set "
+                    "image_cuda (or $RIGHTSIZER_IMAGE_CUDA) to a build of images/Dockerfile.cuda (make image-cuda)")
+
+
+def task_gpus(config: RunConfig, stage_name: str) -> int:
+    """GPUs the stage's own pod requests (0 for a TrainJob launcher: its nodes get them)."""
+    stage = stage_named(stage_name)
+    spec = config.resources.for_stage(stage.resources)
+    if stage.launches and (spec.workers or 1) > 1:
+        return 0
+    if stage.launches:
+        from rightsizer.launch.placement import planned_gpus
+
+        return planned_gpus(config, stage.resources)
+    return spec.gpus if isinstance(spec.gpus, int) else 1  # one process on one device: `gpus: auto` means one
+
+
+def add_toleration(task, toleration: dict):
+    """A Kubernetes-spelled toleration (``tolerationSeconds``) onto a task."""
+    from kfp import kubernetes
+
+    names = {"key": "key", "operator": "operator", "value": "value", "effect": "effect",
+             "tolerationSeconds": "toleration_seconds"}
+    return kubernetes.add_toleration(task, **{names[k]: v for k, v in toleration.items()})
 
 
 def apply_resources(task, config: RunConfig, stage_name: str):
-    """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm,
-    object-store credentials as env from the k8s Secret (never a parameter), caching per stage —
-    all from the stage's row in :data:`rightsizer.plan.STAGES` and its ``config.resources`` key."""
+    """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm, object-store
+    settings from the rightsizer-storage ConfigMap and credentials from the k8s Secret (never a parameter), the
+    Hugging Face token Secret, caching per stage; GPU tasks: retries and scratch space — all from the stage's
+    row in :data:`rightsizer.plan.STAGES` and its ``config.resources`` key."""
     from kfp import kubernetes
 
-    from rightsizer.storage import SECRET_KEYS_TO_ENV, settings_env
+    from rightsizer import storage
 
     stage = stage_named(stage_name)
     spec = config.resources.for_stage(stage.resources)
     # optional: a pipeline that never touches s3:// still starts where the Secret is absent; one that
     # does fails with a one-line "no object-store credentials" naming the Secret
-    kubernetes.use_secret_as_env(task, secret_name=config.storage.secret_name, secret_key_to_env=SECRET_KEYS_TO_ENV,
-                                 optional=True)
-    for key, value in settings_env(config.storage).items():
+    kubernetes.use_secret_as_env(task, secret_name=config.storage.secret_name,
+                                 secret_key_to_env=storage.SECRET_KEYS_TO_ENV, optional=True)
+    settings = storage.settings_env(config.storage)
+    for key, value in settings.items():
         task.set_env_variable(key, value)
+    # what the config leaves out comes from the overlay's ConfigMap (KFP's own store next to KFP)
+    from_map = {key: env for key, env in storage.CONFIG_MAP_KEYS_TO_ENV.items() if env not in settings}
+    if from_map:
+        kubernetes.use_config_map_as_env(task, config_map_name=storage.STORAGE_CONFIG_MAP,
+                                         config_map_key_to_env=from_map, optional=True)
+    if config.hf_token_secret:
+        kubernetes.use_secret_as_env(task, secret_name=config.hf_token_secret,
+                                     secret_key_to_env={storage.HF_TOKEN_KEY: storage.HF_TOKEN_ENV}, optional=True)
     # training tasks have side effects (checkpoints, TrainJobs, uploads): uncached unless asked for
     task.set_caching_options(spec.cache if spec.cache is not None else stage.cache)
     if stage.launches and (spec.workers or 1) > 1:
@@ -85,20 +144,25 @@ def apply_resources(task, config: RunConfig, stage_name: str):
         task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu)
     if spec.memory:
         task.set_memory_request(spec.memory).set_memory_limit(spec.memory)
-    if stage.launches:
-        from rightsizer.launch.placement import planned_gpus
-
-        gpus = planned_gpus(config, stage.resources)
-    else:  # one process on one device: `gpus: auto` means one
-        gpus = spec.gpus if isinstance(spec.gpus, int) else 1
+    gpus = task_gpus(config, stage.name)
     if gpus and gpus > 0:
         task.set_accelerator_type(spec.gpu_type or "nvidia.com/gpu").set_accelerator_limit(gpus)
+    retries = spec.retries if spec.retries is not None else (GPU_RETRIES if gpus else 0)
+    if retries:
+        # GPU pods die of preemption, lost nodes and GPU faults; the stage restarts from its checkpoint
+        task.set_retry(num_retries=retries, backoff_duration=GPU_RETRY_BACKOFF, backoff_factor=2.0)
     if stage.shm:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    disk = spec.disk or (GPU_DISK if gpus else None)
+    if disk:
+        # KFP's IR has no ephemeral-storage request: a size-limited emptyDir for caches and checkpoints
+        kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH, size_limit=disk)
+        task.set_env_variable("HF_HOME", f"{SCRATCH}/huggingface")
+        task.set_env_variable("TMPDIR", SCRATCH)
     for key, value in (spec.node_selector or {}).items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
     for toleration in spec.tolerations or []:
-        kubernetes.add_toleration(task, **toleration)
+        add_toleration(task, toleration)
     return task
 
 
@@ -106,7 +170,7 @@ def build_pipeline(config: RunConfig):
     """A KFP pipeline function for ``config`` (its graph follows the config's sections)."""
     from kfp import dsl
 
-    parts = load_components(image_for(config))
+    parts = load_components(config)
     config_json = config.to_json()
     teacher_names = [t.name for t in config.teachers]
     student_runs = [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]

@@ -49,6 +49,15 @@ SESSION_TOKEN_ENV = "AWS_SESSION_TOKEN"
 RETRIES_ENV = "RIGHTSIZER_S3_RETRIES"
 BACKOFF_ENV = "RIGHTSIZER_S3_BACKOFF_S"
 SECRET_KEYS_TO_ENV = {"accesskey": ACCESS_KEY_ENV, "secretkey": SECRET_KEY_ENV}  # KFP's mlpipeline-minio-artifact keys
+BUCKET_ENV = "RIGHTSIZER_S3_BUCKET"
+PREFIX_ENV = "RIGHTSIZER_S3_PREFIX"
+# the rightsizer-storage ConfigMap (k8s/overlays/*) -> env in every task and TrainJob node (optional keys)
+STORAGE_CONFIG_MAP = "rightsizer-storage"
+CONFIG_MAP_KEYS_TO_ENV = {"endpoint": ENDPOINT_ENV, "bucket": BUCKET_ENV, "prefix": PREFIX_ENV}
+DEFAULT_BUCKET = "rightsizer"
+DEFAULT_PREFIX = "runs"
+HF_TOKEN_ENV = "HF_TOKEN"
+HF_TOKEN_KEY = "token"  # the key in the Secret named by hf_token_secret
 SHA256_META = "sha256"
 DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
 DEFAULT_RETRIES = 4
@@ -116,9 +125,19 @@ def join_uri(base: str, *parts: str) -> str:
     return f"s3://{ref.bucket}/{key}"
 
 
-def artifact_uri(storage: "StorageConfig", *parts: str) -> str:
+def bucket_for(storage: "StorageConfig | None") -> str:
+    """``storage.bucket``, else ``$RIGHTSIZER_S3_BUCKET`` (the rightsizer-storage ConfigMap on a cluster), else 'rightsizer'."""
+    return getattr(storage, "bucket", None) or os.environ.get(BUCKET_ENV, "").strip() or DEFAULT_BUCKET
+
+
+def prefix_for(storage: "StorageConfig | None") -> str:
+    """``storage.prefix``, else ``$RIGHTSIZER_S3_PREFIX`` (the ConfigMap), else 'runs'."""
+    return (getattr(storage, "prefix", None) or os.environ.get(PREFIX_ENV, "").strip() or DEFAULT_PREFIX).strip("/")
+
+
+def artifact_uri(storage: "StorageConfig | None", *parts: str) -> str:
     """Where run artifacts for ``parts`` live: ``s3://<bucket>/<prefix>/<parts...>``."""
-    return join_uri(f"s3://{storage.bucket}/{storage.prefix}", *parts)
+    return join_uri(f"s3://{bucket_for(storage)}/{prefix_for(storage)}", *parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +202,17 @@ def settings_from(config: "StorageConfig | None" = None) -> Settings:
 
 
 def settings_env(config: "StorageConfig") -> dict[str, str]:
-    """The environment a pod needs to reach the store as ``config`` says (no credentials: those come from the Secret)."""
+    """The environment a pod needs to reach the store as ``config`` says (no credentials: those come from the Secret).
+
+    Only what the config sets; what it leaves out comes from the rightsizer-storage ConfigMap
+    (:data:`CONFIG_MAP_KEYS_TO_ENV`), which every task and TrainJob node also gets."""
     env: dict[str, str] = {}
     if config.endpoint:
         env[ENDPOINT_ENV] = settings_from(config).url
+    if config.bucket:
+        env[BUCKET_ENV] = config.bucket
+    if config.prefix:
+        env[PREFIX_ENV] = config.prefix
     if config.region:
         env["AWS_REGION"] = config.region
     if config.retries != DEFAULT_RETRIES:

@@ -44,13 +44,14 @@ NODE_COMMAND = ["python", "-m", "rightsizer.launch.node"]
 SHM_VOLUME = {"name": "dshm", "emptyDir": {"medium": "Memory"}}
 SHM_MOUNT = {"name": "dshm", "mountPath": "/dev/shm"}
 PATCH_MANAGER = "rightsizer.io/launcher"
+GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 DEADLINE_MARGIN_S = 300  # activeDeadlineSeconds = timeout + this: the cluster stops a job whose launcher died
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 @dataclass
 class TrainJobRequest:
-    """Everything the TrainJob says, before it is turned into the SDK's objects."""
+    """Everything the TrainJob says, before it is written out as the object (:func:`manifest`)."""
 
     name: str
     runtime: str
@@ -59,8 +60,7 @@ class TrainJobRequest:
     processes_per_node: int
     resources_per_node: dict[str, Any]
     args: list[str]
-    env: dict[str, str]
-    secret_env: list[dict[str, Any]]
+    env: list[dict[str, Any]]  # Kubernetes EnvVar objects: plain values and valueFrom references
     labels: dict[str, str]
     node_selector: dict[str, str] | None = None
     tolerations: list[dict[str, Any]] | None = None
@@ -75,11 +75,39 @@ def job_name(config_name: str, stage: str, member: str | None) -> str:
     return f"{base}-{uuid.uuid4().hex[:8]}"
 
 
+def node_env(config) -> list[dict[str, Any]]:
+    """The node container's env, all of it in ``spec.trainer.env`` (Trainer >= 2.2 refuses env in a runtime patch).
+
+    Plain values for what the config sets; the rightsizer-storage ConfigMap's keys for the object-store
+    settings it leaves out; the credentials (and the Hugging Face token) as ``secretKeyRef``, never values.
+    References are optional: a missing Secret fails the node's first S3 call with a one-line error naming
+    it, instead of a pod stuck in CreateContainerConfigError until the timeout."""
+    from rightsizer.storage import (
+        CONFIG_MAP_KEYS_TO_ENV,
+        HF_TOKEN_ENV,
+        HF_TOKEN_KEY,
+        SECRET_KEYS_TO_ENV,
+        STORAGE_CONFIG_MAP,
+        settings_env,
+    )
+
+    plain = {**settings_env(config.storage), "RIGHTSIZER_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    env += [{"name": name, "valueFrom": {"configMapKeyRef": {"name": STORAGE_CONFIG_MAP, "key": key, "optional": True}}}
+            for key, name in CONFIG_MAP_KEYS_TO_ENV.items() if name not in plain]
+    env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": config.storage.secret_name, "key": key,
+                                                          "optional": True}}}
+            for key, name in SECRET_KEYS_TO_ENV.items()]
+    if config.hf_token_secret:
+        env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": config.hf_token_secret,
+                                                                         "key": HF_TOKEN_KEY, "optional": True}}})
+    return env
+
+
 def build_request(stage: str, config, stage_key: str, *, member: str | None, name: str, config_uri: str,
                   input_uris: list[str], output_uri: str, gpus: int, processes: int) -> TrainJobRequest:
     """The TrainJob for one stage member, from ``config.resources.<stage_key>`` and ``config.storage``."""
-    from rightsizer.pipeline import image_for
-    from rightsizer.storage import SECRET_KEYS_TO_ENV, settings_env
+    from rightsizer.pipeline import GPU_DISK, image_for
 
     spec = config.resources.for_stage(stage_key)
     args = ["stage", stage, "--config", config_uri]
@@ -96,53 +124,133 @@ def build_request(stage: str, config, stage_key: str, *, member: str | None, nam
         resources["memory"] = spec.memory
     if gpus:
         resources[spec.gpu_type or "nvidia.com/gpu"] = str(gpus)  # a quantity: a string, not 4.0
-    secret_env = [{"name": env, "valueFrom": {"secretKeyRef": {"name": config.storage.secret_name, "key": key}}}
-                  for key, env in SECRET_KEYS_TO_ENV.items()]
-    env = {**settings_env(config.storage), "RIGHTSIZER_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
+    disk = spec.disk or (GPU_DISK if gpus else None)  # ephemeral-storage: downloads, checkpoints
+    if disk:
+        resources["ephemeral-storage"] = disk
     labels = {"app.kubernetes.io/part-of": "rightsizer", "app.kubernetes.io/component": "trainjob",
               "rightsizer.io/run": config.name, "rightsizer.io/stage": stage}
     return TrainJobRequest(
-        name=name, runtime=spec.trainjob_runtime or DEFAULT_RUNTIME, image=image_for(config),
+        name=name, runtime=spec.trainjob_runtime or DEFAULT_RUNTIME, image=image_for(config, stage_key, gpus),
         num_nodes=spec.workers or 1, processes_per_node=processes, resources_per_node=resources, args=args,
-        env=env, secret_env=secret_env, labels=labels, node_selector=spec.node_selector,
+        env=node_env(config), labels=labels, node_selector=spec.node_selector,
         tolerations=spec.tolerations, timeout_s=spec.timeout_s or DEFAULT_TIMEOUT_S)
 
 
-def sdk_arguments(request: TrainJobRequest) -> tuple[Any, list[Any]]:
-    """``(CustomTrainerContainer, options)`` for ``TrainerClient.train``."""
-    from kubeflow.trainer import CustomTrainerContainer
-    from kubeflow.trainer.options import (
-        ActiveDeadlineSeconds,
-        ContainerPatch,
-        JobSetSpecPatch,
-        JobSetTemplatePatch,
-        JobSpecPatch,
-        JobTemplatePatch,
-        Labels,
-        Name,
-        PodSpecPatch,
-        PodTemplatePatch,
-        ReplicatedJobPatch,
-        RuntimePatch,
-        TrainerArgs,
-        TrainerCommand,
-        TrainingRuntimeSpecPatch,
-    )
+def manifest(request: TrainJobRequest, runtime_kind: str = "ClusterTrainingRuntime") -> dict[str, Any]:
+    """The TrainJob object (``trainer.kubeflow.org/v1alpha1``, Trainer >= 2.2) the launcher creates.
 
-    trainer = CustomTrainerContainer(image=request.image, num_nodes=request.num_nodes,
-                                     resources_per_node=dict(request.resources_per_node), env=dict(request.env))
-    pod = PodSpecPatch(
-        volumes=[dict(SHM_VOLUME)],
-        containers=[ContainerPatch(name=NODE_CONTAINER, env=[dict(e) for e in request.secret_env],
-                                   volume_mounts=[dict(SHM_MOUNT)])],
-        node_selector=request.node_selector or None, tolerations=request.tolerations or None)
-    patch = RuntimePatch(training_runtime_spec=TrainingRuntimeSpecPatch(template=JobSetTemplatePatch(
-        spec=JobSetSpecPatch(replicated_jobs=[ReplicatedJobPatch(name=NODE_CONTAINER, template=JobTemplatePatch(
-            spec=JobSpecPatch(template=PodTemplatePatch(spec=pod))))]))))
-    patch.manager = PATCH_MANAGER
-    options = [Name(request.name), Labels(dict(request.labels)), TrainerCommand(list(request.command)),
-               TrainerArgs(list(request.args)), patch, ActiveDeadlineSeconds(int(request.timeout_s) + DEADLINE_MARGIN_S)]
-    return trainer, options
+    The runtime patch adds only what a patch may carry on container ``node`` (volume mounts: ``/dev/shm``
+    in memory) and the pod's node selector and tolerations; every env var is in ``spec.trainer.env``."""
+    pod: dict[str, Any] = {"volumes": [dict(SHM_VOLUME)],
+                           "containers": [{"name": NODE_CONTAINER, "volumeMounts": [dict(SHM_MOUNT)]}]}
+    if request.node_selector:
+        pod["nodeSelector"] = dict(request.node_selector)
+    if request.tolerations:
+        pod["tolerations"] = [dict(t) for t in request.tolerations]
+    resources = {k: str(v) for k, v in request.resources_per_node.items()}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainJob",
+        "metadata": {"name": request.name, "labels": dict(request.labels)},
+        "spec": {
+            "runtimeRef": {"apiGroup": GROUP, "kind": runtime_kind, "name": request.runtime},
+            "activeDeadlineSeconds": int(request.timeout_s) + DEADLINE_MARGIN_S,
+            "trainer": {
+                "image": request.image,
+                "numNodes": request.num_nodes,
+                "command": list(request.command),
+                "args": list(request.args),
+                "resourcesPerNode": {"requests": dict(resources), "limits": dict(resources)},
+                "env": [dict(e) for e in request.env],
+            },
+            "runtimePatches": [{
+                "manager": PATCH_MANAGER,
+                "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+                    {"name": NODE_CONTAINER, "template": {"spec": {"template": {"spec": pod}}}}]}}},
+            }],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# what `rightsizer compile --trainjobs DIR` writes: the TrainJobs the launchers will create
+
+PLACEHOLDER_ID = "x" * 8  # the 8 random hex digits a launch appends to the job name
+
+def _members(config, stage: str) -> list[str | None]:
+    if stage == "teacher":
+        return [t.name for t in config.teachers]
+    if stage == "distill":
+        return [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]
+    if stage == "adapters":
+        return [a.name for a in config.adapters]
+    if config.probe is None:
+        return []
+    from rightsizer.stages.probe import slice_name
+
+    slices = config.probe.finetune_slices
+    depths = [int(s) for s in slices] if isinstance(slices, list) else []
+    return [slice_name(config, d) for d in depths] or [slice_name(config, 0).rsplit("-L", 1)[0] + "-L<k>"]
+
+
+def planned_requests(config) -> list[TrainJobRequest]:
+    """The TrainJob every launcher of ``config`` would create, with placeholders for run-time values: the job
+    name's random suffix (``xxxxxxxx``), the staged inputs' names, and ``<bucket>``/``<prefix>`` where neither
+    the config nor this environment says (on a cluster the rightsizer-storage ConfigMap does)."""
+    from rightsizer.launch.placement import planned_gpus
+    from rightsizer.plan import STAGES
+    from rightsizer.storage import BUCKET_ENV, PREFIX_ENV, bucket_for, prefix_for
+
+    # the launcher pod resolves these from the rightsizer-storage ConfigMap when the config leaves them out
+    bucket = bucket_for(config.storage) if config.storage.bucket or os.environ.get(BUCKET_ENV) else "<bucket>"
+    key_prefix = prefix_for(config.storage) if config.storage.prefix or os.environ.get(PREFIX_ENV) else "<prefix>"
+    requests = []
+    for stage, key, inputs_of in ((s.name, s.resources, s.input_names) for s in STAGES.values() if s.launches):
+        spec = config.resources.for_stage(key)
+        if (spec.workers or 1) <= 1:
+            continue
+        gpus = planned_gpus(config, key)
+        processes = spec.processes or max(1, gpus)
+        for member in _members(config, stage):
+            name = job_name(config.name, stage, member)[:-len(PLACEHOLDER_ID)] + PLACEHOLDER_ID
+            prefix = f"s3://{bucket}/{key_prefix}/{config.name}/trainjobs/{name}"
+            inputs = [f"{prefix}/inputs/{i}-<{input_name}>" for i, input_name in enumerate(inputs_of)]
+            requests.append(build_request(stage, config, key, member=member, name=name, config_uri=f"{prefix}/config.json",
+                                          input_uris=inputs, output_uri=f"{prefix}/output", gpus=gpus,
+                                          processes=processes))
+    return requests
+
+
+def write_trainjobs(config, directory: str | Path) -> list[Path]:
+    """One YAML file per planned TrainJob in ``directory`` (built aside, renamed into place); [] when no stage
+    has ``workers > 1``."""
+    import shutil
+
+    import yaml
+
+    requests = planned_requests(config)
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--trainjobs '{directory}' is a file; give a directory")
+    staging = directory.with_name(f".{directory.name}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    written = []
+    try:
+        for request in requests:
+            stage = request.labels["rightsizer.io/stage"]
+            member = request.args[request.args.index("--name") + 1] if "--name" in request.args else stage
+            header = (f"# TrainJob for stage {stage} ({member}) of {config.name}: what its launcher task creates "
+                      f"(Kubeflow Trainer >= 2.2).\n# '{PLACEHOLDER_ID}' and <...> are filled in at run time.\n")
+            path = staging / f"{stage}-{re.sub(r'[^A-Za-z0-9._-]+', '_', member)}.yaml"
+            path.write_text(header + yaml.safe_dump(manifest(request), sort_keys=False))
+            written.append(directory / path.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in staging.iterdir():
+            os.replace(path, directory / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,18 +311,35 @@ def _first_line(exc: BaseException) -> str:
 
 def create(client, request: TrainJobRequest) -> str:
     """Create the TrainJob; a missing runtime or a refusal by the API server is a UserError."""
-    trainer, options = sdk_arguments(request)
     namespace = client.backend.namespace
     try:
-        return client.train(runtime=request.runtime, trainer=trainer, options=options)
-    except RuntimeError as exc:
-        message = str(exc)
-        if "Failed to get Runtime" in message:
+        runtime = client.get_runtime(request.runtime)
+    except (RuntimeError, TimeoutError) as exc:
+        if "Failed to get Runtime" in str(exc):
             raise UserError(f"Kubeflow Trainer runtime '{request.runtime}' not found on the cluster (no TrainingRuntime "
                             f"in namespace '{namespace}', no ClusterTrainingRuntime); apply it with "
                             "kubectl apply -k k8s/cluster, or set resources.<stage>.trainjob_runtime") from None
-        raise UserError(f"cannot create TrainJob {namespace}/{request.name}: {_first_line(exc)} (does this pod's "
-                        "service account have the rightsizer-trainjobs Role from k8s/base?)") from None
+        raise UserError(f"cannot read Kubeflow Trainer runtime '{request.runtime}': {_first_line(exc)}") from None
+    kind = getattr(getattr(runtime, "kind", None), "value", None) or "ClusterTrainingRuntime"
+    try:
+        client.backend.custom_api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                                  manifest(request, kind))
+    except Exception as exc:  # noqa: BLE001 - an admission webhook's refusal, RBAC, a conflict: the user's to fix
+        raise UserError(f"cannot create TrainJob {namespace}/{request.name}: {_api_reason(exc)} (does this pod's "
+                        "service account have the rightsizer-trainjobs Role from k8s/base, and is Kubeflow Trainer "
+                        ">= 2.2 installed?)") from None
+    return request.name
+
+
+def _api_reason(exc: BaseException) -> str:
+    """The API server's own message (e.g. an admission webhook's) rather than the client's HTTP dump."""
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            return str(json.loads(body).get("message") or body).splitlines()[0][:300]
+        except (ValueError, AttributeError):
+            pass
+    return _first_line(exc)
 
 
 def watch(client, name: str, *, timeout_s: float, poll_s: float, stage_key: str) -> Any:
