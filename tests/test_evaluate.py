@@ -93,3 +93,61 @@ def test_recommendation_picks_the_smallest_within_tolerance():
     assert report.recommend(rows, "macro_f1", 0.0)[0] == "big"
     assert report.recommend(rows, "macro_f1", 0.1)[0] == "small"
     assert report.recommend(rows[-1:], "macro_f1", 0.1)[0] is None
+
+
+def _fake_gpu(monkeypatch, bf16: bool) -> None:
+    """torch.cuda answers as a GPU would (as tests/test_placement.py does), on a machine without one."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
+
+
+def test_inference_placement_prefers_cuda_and_the_configured_precision(monkeypatch):
+    import torch
+
+    from rightsizer.errors import UserError
+    from rightsizer.inference import inference_placement
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_placement("auto") == ("cpu", "fp32")
+    assert inference_placement("bf16") == ("cpu", "bf16")
+    _fake_gpu(monkeypatch, bf16=True)
+    assert inference_placement("auto") == ("cuda", "bf16")
+    assert inference_placement("fp32") == ("cuda", "fp32")
+    _fake_gpu(monkeypatch, bf16=False)
+    assert inference_placement("auto") == ("cuda", "fp16")
+    with pytest.raises(UserError, match=r"evaluation.dtype is bf16 but this GPU \(Fake GPU\) does not support bf16"):
+        inference_placement("bf16")
+
+
+def test_evaluation_runs_where_and_in_the_precision_chosen(tmp_path, demo_data, trained_teacher, tiny_config,
+                                                          monkeypatch):
+    """With a GPU present the stage asks for CUDA and bf16 and records both (leaderboard row included); the model
+    is loaded for real in bf16 (kept on the CPU here) and scores like the fp32 evaluation."""
+    import torch
+
+    from rightsizer.models import load_saved
+
+    config = tiny_config()
+    fp32 = evaluate.run(config, demo_data, trained_teacher, tmp_path / "fp32")
+    assert (fp32["device"], fp32["dtype"]) == ("cpu", "fp32")
+    _fake_gpu(monkeypatch, bf16=True)
+    asked = []
+
+    def load_on_cpu(model_dir, device=None, precision="fp32"):
+        asked.append((device, precision))
+        return load_saved(model_dir, None, precision)
+
+    monkeypatch.setattr(evaluate, "load_saved", load_on_cpu)
+    metrics = evaluate.run(config, demo_data, trained_teacher, tmp_path / "gpu")
+    assert asked == [("cuda", "bf16")]
+    assert (metrics["device"], metrics["dtype"], metrics["device_name"]) == ("cuda", "bf16", "Fake GPU")
+    assert abs(metrics["accuracy"] - fp32["accuracy"]) <= 0.03
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    board = report.run(config, demo_data, [tmp_path / "gpu"], tmp_path / "report")
+    row = next(c for c in board["candidates"] if c["name"] == "teacher")
+    assert (row["device"], row["dtype"]) == ("cuda", "bf16")
+    model, _ = load_saved(trained_teacher / "model", None, "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

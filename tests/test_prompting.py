@@ -161,3 +161,30 @@ def test_cli_missing_verbalizer_label_is_one_line(small_data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no word for label(s) neutral" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_prompting_runs_on_cuda_in_bf16_when_a_gpu_is_present(small_data, tmp_path, monkeypatch):
+    """The device query answers as a bf16 GPU would (kept on the CPU here); the row records cuda and bf16 and
+    the model really is bf16, at half the fp32 size."""
+    import torch
+
+    from rightsizer.models import load_causal_lm
+    from rightsizer.stages import prompting
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Fake GPU")
+    asked = []
+
+    def load_on_cpu(reference, texts, seed, device=None, precision="fp32"):
+        asked.append((device, precision))
+        model, tokenizer = load_causal_lm(reference, texts, seed, None, precision)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        return model, tokenizer
+
+    monkeypatch.setattr(prompting, "load_causal_lm", load_on_cpu)
+    config = config_from_dict(prompting_raw({"shots": [0]}))
+    row = prompting.run(config, small_data, tmp_path / "bf16")
+    assert asked == [("cuda", "bf16")] and (row["device"], row["dtype"]) == ("cuda", "bf16")
+    params = row["params"]
+    assert row["size_mb"] == pytest.approx(params * 2 / 1e6, abs=1e-3) and 0 <= row["accuracy"] <= 1

@@ -223,6 +223,9 @@ class EvaluationConfig(Strict):
     batch_size: int = Field(128, ge=1, description="batch size for accuracy and throughput")
     threads: int | None = Field(None, ge=1, description="CPU threads for inference and latency (default: the "
                                 "evaluate task's cpu limit, resources.evaluate.cpu, at most the cores available)")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="precision of evaluation and prompting: auto = bf16 on a GPU that has it, else fp16 on a "
+        "GPU, fp32 on the CPU (evaluation runs on CUDA whenever it is present)")
     prompting: PromptingConfig | None = None
 
 

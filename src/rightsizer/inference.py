@@ -11,6 +11,37 @@ import time
 import numpy as np
 
 
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # config name -> torch dtype name
+
+
+def inference_placement(requested: str = "auto") -> tuple[str, str]:
+    """``(device, precision)`` for evaluation and prompting: CUDA when present, else the CPU.
+
+    ``auto`` is bf16 on a GPU that supports it, fp16 on an older one, fp32 on the CPU; ``fp32``/``bf16``/
+    ``fp16`` are taken as asked, except bf16 on a GPU without it (a one-line error: use auto or fp16).
+    """
+    import torch
+
+    from rightsizer.errors import UserError
+
+    if not torch.cuda.is_available():
+        return "cpu", "fp32" if requested == "auto" else requested
+    bf16 = torch.cuda.is_bf16_supported()
+    if requested == "auto":
+        return "cuda", "bf16" if bf16 else "fp16"
+    if requested == "bf16" and not bf16:
+        raise UserError(f"evaluation.dtype is bf16 but this GPU ({torch.cuda.get_device_name()}) does not support "
+                        "bf16; use auto (fp16 here) or fp32")
+    return "cuda", requested
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a precision name (fp32, bf16, fp16)."""
+    import torch
+
+    return getattr(torch, PRECISIONS[precision])
+
+
 def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int):
     if pairs is not None:
         return tokenizer(texts, pairs, truncation=True, max_length=max_length)

@@ -365,10 +365,14 @@ def is_causal_lm(config) -> bool:
     return model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES or bool(getattr(config, "is_decoder", False))
 
 
-def load_causal_lm(reference: str, train_texts: Iterable[str] | None = None, seed: int = 0):
-    """A causal language model and its tokenizer (prompting baselines); encoder-only models are refused."""
+def load_causal_lm(reference: str, train_texts: Iterable[str] | None = None, seed: int = 0, device: str | None = None,
+                   precision: str = "fp32"):
+    """A causal language model and its tokenizer (prompting baselines), in ``precision`` on ``device`` (default:
+    the CPU); encoder-only models are refused."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from rightsizer.inference import torch_dtype
 
     kind = describe(reference)
     decoders = ", ".join(p.name for p in PRESETS.values() if p.decoder)
@@ -382,7 +386,7 @@ def load_causal_lm(reference: str, train_texts: Iterable[str] | None = None, see
         tokenizer = train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(preset.build_config(len(tokenizer), tokenizer))
-        model.eval()
+        model.to(device=device, dtype=torch_dtype(precision)).eval()
         return model, finish_tokenizer(model, tokenizer)
     source = _source(reference, kind)
     try:
@@ -392,10 +396,10 @@ def load_causal_lm(reference: str, train_texts: Iterable[str] | None = None, see
                             f"use a decoder ({decoders} or a Hub causal LM)")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
-                                                     dtype=torch.float32)
+                                                     dtype=torch_dtype(precision))
     except (OSError, ValueError) as exc:
         raise _load_error(reference, kind, source, exc) from None
-    model.eval()
+    model.to(device=device).eval()
     return model, finish_tokenizer(model, tokenizer)
 
 
@@ -408,11 +412,14 @@ def finish_tokenizer(model, tokenizer):
     return tokenizer
 
 
-def load_saved(model_dir: str | Path):
-    """Reload a model saved by a stage (plain or PEFT adapter with its head)."""
-    import torch
+def load_saved(model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
+    """Reload a model saved by a stage (plain or PEFT adapter with its head), in ``precision`` (fp32, bf16,
+    fp16) and on ``device`` (default: where it loads, the CPU)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from rightsizer.inference import torch_dtype
+
+    dtype = torch_dtype(precision)
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -420,7 +427,7 @@ def load_saved(model_dir: str | Path):
         from peft import AutoPeftModelForSequenceClassification, PeftModel
 
         if (model_dir / "base").is_dir():  # the adapter stage keeps a non-Hub base beside its adapter
-            base = AutoModelForSequenceClassification.from_pretrained(str(model_dir / "base"), dtype=torch.float32)
+            base = AutoModelForSequenceClassification.from_pretrained(str(model_dir / "base"), dtype=dtype)
             model = PeftModel.from_pretrained(base, str(model_dir))
         elif (model_dir / "config.json").exists():  # a Hub base: its head gets the labels the adapter was trained on
             from peft import PeftConfig
@@ -429,12 +436,15 @@ def load_saved(model_dir: str | Path):
             base = AutoModelForSequenceClassification.from_pretrained(
                 PeftConfig.from_pretrained(str(model_dir)).base_model_name_or_path, num_labels=len(labels),
                 id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-                ignore_mismatched_sizes=True, use_safetensors=True, dtype=torch.float32)
+                ignore_mismatched_sizes=True, use_safetensors=True, dtype=dtype)
             model = PeftModel.from_pretrained(base, str(model_dir))
         else:
-            model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir))
+            model = AutoPeftModelForSequenceClassification.from_pretrained(str(model_dir), dtype=dtype)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=dtype)
+    model.to(dtype=dtype)  # peft keeps adapter weights in fp32 on a half-precision base; serve one dtype
+    if device is not None:
+        model.to(device)
     model.eval()
     return model, tokenizer
 

@@ -4,7 +4,8 @@ Quality: on test, accuracy, macro-F1 with 95 % bootstrap intervals, per-class pr
 and the confusion matrix (sklearn); on validation, accuracy and macro-F1 (with intervals), which
 the report chooses on. Every example's predicted label on both splits goes to ``predictions.json``
 so the report can compare candidates on the same examples (paired bootstrap).
-Latency: end-to-end (tokenize + forward) per request of ``latency_batch_size`` examples, timed
+Runs on CUDA when present, in ``evaluation.dtype`` (auto: bf16 where the GPU has it, else fp16; fp32 on
+the CPU); both are recorded. Latency: end-to-end (tokenize + forward) per request of ``latency_batch_size`` examples, timed
 after warm-up with the threads the evaluate task may use (its CPU limit); p50/p95 in ms per sample
 over ``latency_samples`` requests. Throughput: test examples per second in large batches.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError
-from rightsizer.inference import encode_texts, predict_logits
+from rightsizer.inference import encode_texts, inference_placement, predict_logits
 from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
 from rightsizer.outputs import read_json, stage_output, write_json
 from rightsizer.stats import bootstrap_intervals
@@ -100,6 +101,16 @@ def served_size_mb(model_dir: Path, trained: dict) -> float:
     return round(size, 3)
 
 
+def placement_fields(device: str, precision: str) -> dict:
+    """Where and in what precision a candidate was measured (metrics.json and its leaderboard row)."""
+    import torch
+
+    fields = {"device": device, "dtype": precision}
+    if device == "cuda":
+        fields["device_name"] = torch.cuda.get_device_name()
+    return fields
+
+
 def write_predictions(directory: Path, predictions: dict[str, np.ndarray]) -> None:
     write_json(directory / PREDICTIONS, {split: [int(v) for v in values] for split, values in predictions.items()})
 
@@ -141,8 +152,9 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
     dataset, card = load_prepared(data_dir)
     threads = task_threads(config)
     torch.set_num_threads(threads)
+    device, precision = inference_placement(config.evaluation.dtype)  # before any output: a bad dtype is refused
     with stage_output(output_dir, "evaluate", config, name=name) as out:
-        model, tokenizer = load_saved(model_dir)
+        model, tokenizer = load_saved(model_dir, device, precision)
         with quiet():  # on a shared machine, time nothing while another stage trains
             metrics, predictions = evaluate_model(model, tokenizer, dataset, card["label_names"], config)
         params, _ = count_parameters(model)
@@ -152,7 +164,7 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
             "size_mb": served_size_mb(model_dir, trained),
             "train_time_s": trained.get("train_time_s"),
             "samples_per_s": trained.get("samples_per_s"),
-            "latency_threads": threads,
+            "latency_threads": threads, **placement_fields(device, precision),
         })
         for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers", "method", "base_model",
                     "merged"):

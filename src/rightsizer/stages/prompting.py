@@ -179,7 +179,8 @@ def _latency(prompter: Prompter, texts: list[str], pairs: list[str] | None, samp
 def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None) -> dict:
     import torch
 
-    from rightsizer.stages.evaluate import split_scores, write_predictions
+    from rightsizer.inference import inference_placement
+    from rightsizer.stages.evaluate import placement_fields, split_scores, write_predictions
 
     runs = config.prompting_runs()
     if not runs:
@@ -195,8 +196,9 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     words = resolve_verbalizer(prompting.verbalizer, label_names)
     pair = "text_pair" in dataset["test"].column_names
     template = template_for(prompting, pair)
+    device, precision = inference_placement(config.evaluation.dtype)
     with stage_output(output_dir, "prompting", config, name=row_name) as out:
-        model, tokenizer = load_causal_lm(reference, training_texts(dataset), config.seed)
+        model, tokenizer = load_causal_lm(reference, training_texts(dataset), config.seed, device, precision)
         prompter = Prompter(model, tokenizer, template, words, batch_size=config.evaluation.batch_size)
         train = dataset["train"]
         shot_rows = pick_shots(list(train["label"]), shots, len(label_names), config.seed)
@@ -223,7 +225,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
             "name": row_name, "kind": "prompting", "model": reference, "shots": shots, "params": params,
             "trainable_params": 0, "size_mb": round(params * bytes_per_param / 1e6, 3),
             "throughput_per_s": round(len(texts) / seconds, 2) if seconds > 0 else 0.0,
-            "train_time_s": None, "latency_threads": threads, "template": template,
+            "train_time_s": None, "latency_threads": threads, **placement_fields(device, precision), "template": template,
             "verbalizer": dict(zip(label_names, words)), "shot_ids": [train[i]["id"] for i in shot_rows],
         })
         write_json(out.work / "metrics.json", metrics)

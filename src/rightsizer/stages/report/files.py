@@ -11,7 +11,7 @@ from rightsizer.outputs import read_json
 from rightsizer.stages.report.decision import headline_metrics
 
 LEADERBOARD_KEYS = ("name", "kind", "accuracy", "macro_f1", "params", "trainable_params", "size_mb",
-                    "latency_ms", "latency_p95_ms", "throughput_per_s")
+                    "latency_ms", "latency_p95_ms", "throughput_per_s", "device", "dtype")
 
 
 def baseline_row(dataset, card: dict) -> dict:
