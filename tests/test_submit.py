@@ -103,12 +103,17 @@ class FakeKFP:
             self.runs.append(run)
             return 200, run
         if (method, path) == ("GET", f"{API}/pipelines"):
-            name = self._name_filter(record)
-            found = [p for p in self.pipelines.values() if p["display_name"] == name]
+            # as the real server: without a namespace, shared pipelines only; with one, that namespace's
+            name, namespace = self._name_filter(record), record["query"].get("namespace", [""])[0]
+            found = [p for p in self.pipelines.values() if p["display_name"] == name and p["namespace"] == namespace]
             return 200, {"pipelines": found, "total_size": len(found)} if found else {}
         if (method, path) == ("POST", f"{API}/pipelines/upload"):
             pipeline_id = f"pipe-{len(self.pipelines) + 1}"
-            pipeline = {"pipeline_id": pipeline_id, "display_name": record["query"]["name"][0]}
+            pipeline = {"pipeline_id": pipeline_id, "display_name": record["query"]["name"][0],
+                        "namespace": record["query"].get("namespace", [""])[0]}
+            if any((p["display_name"], p["namespace"]) == (pipeline["display_name"], pipeline["namespace"])
+                   for p in self.pipelines.values()):
+                return 409, {"error": "Failed to create a pipeline: already exists"}
             self.pipelines[pipeline_id] = pipeline
             self.versions[pipeline_id] = [{"pipeline_id": pipeline_id, "pipeline_version_id": f"{pipeline_id}-v1",
                                            "display_name": pipeline["display_name"]}]
@@ -206,6 +211,19 @@ def test_schedule_uploads_pipeline_then_new_version_and_creates_recurring_run(ca
     assert second_job["pipeline_version_reference"]["pipeline_version_id"] == "pipe-1-v2"
     assert second_job["trigger"]["cron_schedule"]["cron"] == "@every 12h"
     assert first_job["experiment_id"] == second_job["experiment_id"] == "exp-1"  # experiment reused
+
+
+def test_schedule_twice_in_a_profile_namespace_uploads_a_new_version(capsys):
+    """Multi-user KFP: the pipeline lives in the profile namespace; the second schedule must find it there."""
+    with FakeKFP() as kfp_server:
+        for _ in range(2):
+            assert main(["schedule", str(DEMO), "--host", kfp_server.url, "--namespace", "team-a",
+                         "--cron", "0 0 3 * * *"]) == 0, capsys.readouterr().err
+    lookups = [r for r in kfp_server.requests if (r["method"], r["path"]) == ("GET", f"{API}/pipelines")]
+    assert [r["query"].get("namespace") for r in lookups] == [["team-a"], ["team-a"]]
+    uploads = [r["path"] for r in kfp_server.requests if r["path"].startswith(f"{API}/pipelines/upload")]
+    assert uploads == [f"{API}/pipelines/upload", f"{API}/pipelines/upload_version"]
+    assert [p["namespace"] for p in kfp_server.pipelines.values()] == ["team-a"]
 
 
 @pytest.mark.parametrize("cron, message", [

@@ -2,7 +2,7 @@
 
 A tiny teacher is trained for a few steps (it logs its loss every step); TensorBoard is started on
 an ephemeral port over the stage directory, and over the same events synced from an S3 prefix
-(moto), and its scalar-tags HTTP endpoint must list the training-loss tag. Bounded in time; the
+(SeaweedFS), and its scalar-tags HTTP endpoint must list the training-loss tag. Bounded in time; the
 server is always stopped.
 """
 
@@ -50,24 +50,19 @@ def test_tensorboard_serves_a_finished_teacher_stage(finished_teacher):
     assert tag == "train/loss" and run in (".", "tb")
 
 
-def test_tensorboard_serves_events_synced_from_s3(finished_teacher, tmp_path, monkeypatch):
-    from rightsizer.storage import ENDPOINT_ENV, Store
-    from test_storage import S3Server
+def test_tensorboard_serves_events_synced_from_s3(finished_teacher, seaweedfs, tmp_path, monkeypatch):
+    """From KFP's own kind of store: SeaweedFS (tests/s3_server.py), as the TensorBoard Deployment reads it."""
+    from conftest import s3_env
+    from rightsizer.storage import Store
 
-    server = S3Server()
-    try:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-        monkeypatch.setenv(ENDPOINT_ENV, server.endpoint)
-        store = Store.from_env(retries=0)
-        store.make_bucket("runs")
-        store.upload_dir(finished_teacher, "s3://runs/demo/teacher")  # model, metrics, tb/ ...
-        logdir = resolve_logdir("s3://runs/demo/teacher", cache_dir=tmp_path / "cache", store=store)
-        empty = resolve_logdir("s3://runs/not-yet", cache_dir=tmp_path / "empty", store=store, allow_empty=True)
-        with pytest.raises(UserError, match="no such object or prefix"):
-            resolve_logdir("s3://runs/not-yet", cache_dir=tmp_path / "empty2", store=store)
-    finally:
-        server.stop()
+    seaweedfs.empty_bucket("runs")
+    s3_env(monkeypatch, seaweedfs, retries=0)
+    store = Store.from_env()
+    store.upload_dir(finished_teacher, "s3://runs/demo/teacher")  # model, metrics, tb/ ...
+    logdir = resolve_logdir("s3://runs/demo/teacher", cache_dir=tmp_path / "cache", store=store)
+    empty = resolve_logdir("s3://runs/not-yet", cache_dir=tmp_path / "empty", store=store, allow_empty=True)
+    with pytest.raises(UserError, match="no such object or prefix"):
+        resolve_logdir("s3://runs/not-yet", cache_dir=tmp_path / "empty2", store=store)
     assert logdir == tmp_path / "cache"
     synced = [p.relative_to(logdir).parts[0] for p in logdir.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert synced and set(synced) == {"tb"}  # only the event files were fetched

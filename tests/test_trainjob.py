@@ -5,7 +5,7 @@ Kubeflow SDK's ``TrainerClient`` calls (runtimes, trainjobs, pods, pod logs), re
 kubeconfig with a bearer token. Its "controller" plays Kubeflow Trainer's part: in ``run`` mode it starts
 every node's container command as a local process with the TrainJob's env (the Secret's keys resolved
 from ``secretKeyRef``) and the ``PET_*`` rendezvous variables of the torch plugin, so the nodes really
-run torchrun together; the other modes script failures and hangs. Outputs move through moto's S3 server.
+run torchrun together; the other modes script failures and hangs. Outputs move through SeaweedFS (KFP's object store, tests/s3_server.py).
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ from rightsizer.launch import LaunchError
 from rightsizer.launch.trainjob import run_trainjob
 
 import trainer_rules
+from conftest import s3_env
+from s3_server import ACCESS_KEY, SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "team-a"
 TOKEN = "test-token"
-SECRET = {"mlpipeline-minio-artifact": {"accesskey": "testing-key", "secretkey": "testing-secret"}}
+SECRET = {"mlpipeline-minio-artifact": {"accesskey": ACCESS_KEY, "secretkey": SECRET_KEY}}  # the Secret's content
 GROUP = "/apis/trainer.kubeflow.org/v1alpha1"
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
@@ -279,22 +281,11 @@ def _now() -> str:
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
-    monkeypatch.setenv(storage.ENDPOINT_ENV, endpoint)
-    monkeypatch.setenv(storage.RETRIES_ENV, "1")
-    monkeypatch.setenv(storage.BACKOFF_ENV, "0.01")
-    store = storage.Store.from_env()
-    store.make_bucket("rightsizer")
-    yield endpoint, store
-    server.stop()
+def s3(seaweedfs, monkeypatch):
+    """The session's SeaweedFS (KFP's own store) with bucket 'rightsizer' emptied; env pointing at it."""
+    seaweedfs.empty_bucket("rightsizer")
+    s3_env(monkeypatch, seaweedfs, retries=1)
+    yield seaweedfs.endpoint, storage.Store.from_env()
 
 
 @pytest.fixture
@@ -374,7 +365,7 @@ def test_trainjob_for_two_nodes_of_four_gpus(s3, cluster, tiny_config, demo_data
     (container,) = pod["containers"]
     assert container["name"] == "node"
     assert container == {"name": "node", "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}]}  # no env
-    assert "testing" not in json.dumps(job)
+    assert ACCESS_KEY not in json.dumps(job) and SECRET_KEY not in json.dumps(job)  # no credential values anywhere
     # what the Trainer v2.2 and v2.3 API servers admit: their CRD schemas and webhook rules
     for version in trainer_rules.VERSIONS:
         assert trainer_rules.admission_errors(job, fake.stock_runtime(), version) == [], version
@@ -449,7 +440,7 @@ def test_no_cluster_access_fails_before_anything_is_staged(s3, tiny_config, demo
     from rightsizer.cli import main
 
     endpoint, store = s3
-    before = store.list("s3://rightsizer/")  # moto keeps one store per process: compare, do not expect empty
+    before = store.list("s3://rightsizer/")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "nowhere" / "config"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     config_path = tmp_path / "config.json"

@@ -228,6 +228,22 @@ def submit(config: RunConfig, host: str | None, experiment: str | None = None, n
     return Submitted(run_id=run.run_id, experiment_id=run.experiment_id or "", url=f"{host}/#/runs/details/{run.run_id}")
 
 
+def find_pipeline_id(client, name: str, namespace: str | None) -> str | None:
+    """The pipeline called ``name`` in ``namespace`` (multi-user KFP) or among the shared ones.
+
+    ``kfp.Client.get_pipeline_id`` lists shared pipelines only, so on multi-user KFP it never finds the
+    one uploaded into the profile namespace and the next upload fails with "already exists"."""
+    from kfp.client.client import _FILTER_OPERATIONS
+
+    flt = json.dumps({"predicates": [{"operation": _FILTER_OPERATIONS["EQUALS"], "key": "display_name",
+                                      "stringValue": name}]})
+    found = client.list_pipelines(filter=flt, namespace=namespace, page_size=2).pipelines or []
+    if len(found) > 1:
+        raise UserError(f"KFP has several pipelines named '{name}'{f' in {namespace}' if namespace else ''}; "
+                        "delete the extra ones or rename the config")
+    return found[0].pipeline_id if found else None
+
+
 def schedule(config: RunConfig, host: str | None, cron: str, max_concurrency: int = 1, experiment: str | None = None,
              namespace: str | None = None, name: str | None = None, catchup: bool = False,
              kube_context: str | None = None, service_account: str | None = None) -> Scheduled:
@@ -240,7 +256,7 @@ def schedule(config: RunConfig, host: str | None, cron: str, max_concurrency: in
         package = _compiled(config, tmp)
         digest = hashlib.sha256(package.read_bytes()).hexdigest()[:8]
         client = connect(host, namespace, kube_context)
-        pipeline_id = _call(host, "look up the pipeline", lambda: client.get_pipeline_id(config.name))
+        pipeline_id = _call(host, "look up the pipeline", lambda: find_pipeline_id(client, config.name, namespace))
         if pipeline_id is None:
             pipeline = _call(host, "upload the pipeline", lambda: client.upload_pipeline(
                 str(package), pipeline_name=config.name, description=f"rightsizer: {config.data.source}",

@@ -251,10 +251,16 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class ChecksumMismatch(Exception):
+    """A downloaded object's bytes do not match its recorded sha256 (or MD5 ETag): fetched again, then an error."""
+
+
 def _is_transient(exc: BaseException) -> bool:
     import urllib3
     from minio.error import InvalidResponseError, S3Error, ServerError
 
+    if isinstance(exc, ChecksumMismatch):  # a cut or garbled transfer; a second read tells it from real damage
+        return True
     if isinstance(exc, S3Error):
         return exc.code in _TRANSIENT_CODES
     if isinstance(exc, ServerError):
@@ -310,6 +316,8 @@ class Store:
                     if attempt + 1 < attempts:
                         time.sleep(self.settings.backoff_s * (2 ** attempt))
                         continue
+                    if isinstance(exc, ChecksumMismatch):
+                        raise UserError(f"{exc} (read {attempts} times)") from None
                     reason = _short(exc)
                     raise UserError(f"cannot {action} {ref.uri}: object store at {self.settings.url} unreachable or "
                                     f"failing after {attempts} attempts ({reason}); check storage.endpoint / "
@@ -412,24 +420,13 @@ class Store:
             finally:
                 response.close()
                 response.release_conn()
-            return digest.hexdigest(), md5.hexdigest(), headers
+            _verify(ref, digest.hexdigest(), md5.hexdigest(), headers)
 
         try:
-            actual, actual_md5, headers = self._call("download", ref, fetch)
+            self._call("download", ref, fetch)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        expected = headers.get(f"x-amz-meta-{SHA256_META}")
-        etag = headers.get("etag", "").strip('"')
-        if expected:
-            if expected != actual:
-                tmp.unlink(missing_ok=True)
-                raise UserError(f"checksum mismatch for {ref.uri}: sha256 {actual[:12]}… but the object records "
-                                f"{expected[:12]}…; the object was changed or corrupted after upload — upload it again")
-        elif re.fullmatch(r"[0-9a-f]{32}", etag) and etag != actual_md5:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"checksum mismatch for {ref.uri}: MD5 {actual_md5[:12]}… but ETag {etag[:12]}…; download "
-                            "again or re-upload the object")
         os.replace(tmp, path)
         return path
 
@@ -503,6 +500,18 @@ class Store:
         tmp.write_text(json.dumps(manifest))
         os.replace(tmp, manifest_path)
         return fetched
+
+
+def _verify(ref: ObjectRef, actual: str, actual_md5: str, headers: dict[str, str]) -> None:
+    """The bytes read against the object's recorded sha256, else its MD5 ETag (objects from other tools)."""
+    expected = headers.get(f"x-amz-meta-{SHA256_META}")
+    etag = headers.get("etag", "").strip('"')
+    if expected and expected != actual:
+        raise ChecksumMismatch(f"checksum mismatch for {ref.uri}: sha256 {actual[:12]}… but the object records "
+                               f"{expected[:12]}…; the object was changed or corrupted after upload — upload it again")
+    if not expected and re.fullmatch(r"[0-9a-f]{32}", etag) and etag != actual_md5:
+        raise ChecksumMismatch(f"checksum mismatch for {ref.uri}: MD5 {actual_md5[:12]}… but ETag {etag[:12]}…; "
+                               "download again or re-upload the object")
 
 
 def _short(exc: BaseException) -> str:
