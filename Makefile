@@ -71,7 +71,8 @@ compile: setup
 	$(BIN)/rightsizer compile examples/demo.yaml --output runs/demo-pipeline.yaml
 
 # Container images (need a Docker engine). The Dockerfiles repeat `setup`'s install: $(TORCH_SPEC)
-# first (CPU or cu128 wheel), then `pip install .[extras]`; tests/test_images.py keeps them in step.
+# first (CPU or cu128 wheel), then exactly requirements.lock, then the package without deps;
+# tests/test_images.py keeps them in step. CI builds and publishes both: .github/workflows/images.yml.
 DOCKER ?= docker
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= ghcr.io/rightsizer/rightsizer:$(VERSION)

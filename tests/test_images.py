@@ -1,8 +1,10 @@
 """images/: the Dockerfiles install what pyproject.toml and the Makefile say, and run as non-root.
 
 No Docker engine runs here, so the Dockerfiles are parsed: base images pinned, torch pinned first
-(the Makefile's TORCH_SPEC) and then the package with extras that exist in pyproject, DeepSpeed at
-pyproject's pin, every package directory copied in, a non-root USER last, no secrets.
+(the Makefile's TORCH_SPEC), then exactly requirements.lock before the source, then the package with
+extras that exist in pyproject; the CUDA image builds the locked DeepSpeed with nvcc of torch's CUDA in
+its build stage only, ships CUDA once (torch's wheels) and a C compiler for Triton; CI builds and
+publishes both; every package directory copied in, a non-root USER last, no secrets.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -67,15 +70,61 @@ def test_torch_first_then_the_package_with_extras_from_pyproject(flavour):
     assert torch_step < package_step
 
 
-def test_cuda_image_uses_the_makefile_gpu_index_and_pyproject_deepspeed_pin():
+def test_cuda_image_uses_the_makefile_gpu_index_and_builds_the_locked_deepspeed():
     args = arg_defaults(DOCKERFILES["cuda"])
     assert args["TORCH_INDEX"] in (REPO / "Makefile").read_text()  # the documented GPU index (cu128)
+    cuda = re.search(r"/cu(\d+)(\d)$", args["TORCH_INDEX"])
+    assert args["CUDA_APT_VERSION"] == f"{cuda.group(1)}-{cuda.group(2)}"  # nvcc = torch's CUDA (cu128 -> 12-8)
     deepspeed = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["deepspeed"]]
-    assert [str(r) for r in deepspeed] == [args["DEEPSPEED_SPEC"]]
+    locked = re.search(r"^deepspeed==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
+    assert locked and all(r.specifier.contains(locked.group(1)) for r in deepspeed)
     assert "deepspeed" in args["EXTRAS"].split(",")
     build = " ".join(rest for op, rest in instructions(DOCKERFILES["cuda"]) if op == "RUN")
     assert "DS_BUILD_CPU_ADAM=1" in build and "DS_BUILD_FUSED_ADAM=1" in build and "--no-build-isolation" in build
+    assert f"cuda-nvcc-${{CUDA_APT_VERSION}}" in build  # nvcc in the build stage only
     assert arg_defaults(DOCKERFILES["cpu"])["TORCH_INDEX"].endswith("/cpu")
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_installs_exactly_the_lock_before_copying_the_source(flavour):
+    """Both images install requirements.lock (hash-checked, no resolving) before the source is copied, so a
+    code change does not reinstall ~2 GB of dependencies."""
+    ops = instructions(DOCKERFILES[flavour])
+    copies = [i for i, (op, rest) in enumerate(ops) if op == "COPY" and "--from" not in rest]
+    lock_copy = next(i for i in copies if "requirements.lock" in ops[i][1])
+    lock_install = next(i for i, (op, rest) in enumerate(ops)
+                        if op == "RUN" and "--require-hashes --no-deps" in rest and "-r requirements.lock" in rest)
+    source_copy = next(i for i in copies if ops[i][1].split()[0] == "src")
+    assert lock_copy < lock_install < source_copy
+    package = next(rest for op, rest in ops if op == "RUN" and '".[${EXTRAS}]"' in rest)
+    assert "--no-deps" in package  # the package itself resolves nothing
+
+
+def test_cuda_image_ships_cuda_once_and_can_compile_for_triton():
+    final = final_stage(DOCKERFILES["cuda"])
+    base = arg_defaults(DOCKERFILES["cuda"])["PYTHON_IMAGE"]
+    assert final[0] == ("FROM", "${PYTHON_IMAGE}") and base.startswith("python:3.11")  # not an nvidia/cuda base
+    installed = " ".join(rest for op, rest in final if op == "RUN")
+    assert not re.search(r"\bcuda-|libcu\w+-dev|nvidia", installed)  # CUDA only from torch's nvidia-* wheels
+    assert re.search(r"\bgcc\b", installed) and "libc6-dev" in installed  # Triton builds its launcher at run time
+    args = arg_defaults(DOCKERFILES["cuda"])
+    bases = [args.get(rest.split()[0].strip("${}"), rest.split()[0]) for op, rest in instructions(DOCKERFILES["cuda"])
+             if op == "FROM"]
+    assert bases and not any("nvidia/cuda" in b for b in bases)  # neither stage carries a CUDA toolkit image
+
+
+def test_ci_builds_and_publishes_both_images():
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "images.yml").read_text())
+    (job,) = workflow["jobs"].values()
+    built = {entry["dockerfile"]: entry["suffix"] for entry in job["strategy"]["matrix"]["include"]}
+    assert built == {"images/Dockerfile": "", "images/Dockerfile.cuda": "-cuda"}
+    step = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/build-push-action"))
+    assert step["with"]["file"] == "${{ matrix.dockerfile }}" and step["with"]["context"] == "."
+    assert "ghcr.io/" in step["with"]["tags"] and "${{ matrix.suffix }}" in step["with"]["tags"]
+    assert workflow["permissions"]["packages"] == "write"
+    from rightsizer_components import PUBLISHED_IMAGE
+
+    assert PUBLISHED_IMAGE.startswith("ghcr.io/") and PUBLISHED_IMAGE.endswith(f":{PYPROJECT['project']['version']}")
 
 
 @pytest.mark.parametrize("flavour", DOCKERFILES)
