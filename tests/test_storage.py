@@ -64,6 +64,20 @@ def test_parse_uri_accepts_s3_and_minio_and_rejects_malformed():
             storage.parse_uri(bad)
 
 
+def test_bucket_and_prefix_come_from_the_config_then_the_storage_config_map(monkeypatch):
+    from rightsizer.config import StorageConfig
+
+    for name in (storage.BUCKET_ENV, storage.PREFIX_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert storage.artifact_uri(StorageConfig(), "demo") == "s3://rightsizer/runs/demo"
+    # a pod next to KFP: the rightsizer-storage ConfigMap's keys arrive as env (k8s/overlays/kfp-multi-user)
+    monkeypatch.setenv(storage.BUCKET_ENV, "mlpipeline")
+    monkeypatch.setenv(storage.PREFIX_ENV, "private-artifacts/team-a/rightsizer")
+    assert storage.artifact_uri(StorageConfig(), "demo") == "s3://mlpipeline/private-artifacts/team-a/rightsizer/demo"
+    assert storage.artifact_uri(StorageConfig(bucket="models", prefix="x"), "demo") == "s3://models/x/demo"
+    assert storage.settings_env(StorageConfig(bucket="models")) == {storage.BUCKET_ENV: "models"}
+
+
 def test_endpoint_scheme_decides_tls():
     assert storage.split_endpoint("http://minio-service.kubeflow:9000") == ("minio-service.kubeflow:9000", False)
     assert storage.split_endpoint("https://s3.example.com") == ("s3.example.com", True)

@@ -16,7 +16,10 @@ With ``resources.<stage>.workers > 1`` the stage's pipeline task becomes a launc
 5. **delete** — the TrainJob is deleted whatever happened: done, failed, timed out or cancelled.
 
 The Kubernetes calls go through the Kubeflow SDK's ``TrainerClient`` (package ``kubeflow``), which reads
-the kubeconfig or the pod's service account, checks that the runtime exists, and turns pods into steps.
+the kubeconfig or the pod's service account, finds the runtime, and turns pods into steps; the TrainJob
+itself is written here (:func:`manifest`) and created through the client's custom-objects API, because the
+SDK passes only plain values in ``spec.trainer.env`` and Trainer >= 2.2 refuses env in runtime patches.
+``rightsizer compile --trainjobs DIR`` writes the same objects (:func:`write_trainjobs`).
 """
 
 from __future__ import annotations
