@@ -316,3 +316,19 @@ def main_ok(args, capsys) -> bool:
     code = main(args)
     assert code == 0, capsys.readouterr().err
     return True
+
+
+def test_kfp_artifacts_in_the_store_are_read_by_their_minio_uri(seaweedfs, tmp_path, monkeypatch):
+    """KFP writes artifacts as minio://mlpipeline/v2/artifacts/<pipeline>/<run>/<task>/<output> (single-user) or
+    under private-artifacts/<namespace>/ (multi-user); a stage or TensorBoard reads them by that URI."""
+    seaweedfs.empty_bucket("mlpipeline")
+    s3_env(monkeypatch, seaweedfs)
+    store = storage.Store.from_env()
+    stage = _stage_dir(tmp_path / "teacher")
+    for root in ("v2/artifacts", "private-artifacts/team-a/v2/artifacts"):
+        uri = f"minio://mlpipeline/{root}/demo/run-1/teacher/model"
+        store.upload_dir(stage, uri)
+        local = storage.fetch_input(uri, tmp_path / "cache" / root.split("/")[0])
+        assert (local / "model" / "weights.bin").read_bytes() == (stage / "model" / "weights.bin").read_bytes()
+    keys = [o.key for o in store.list("s3://mlpipeline/private-artifacts/team-a/")]
+    assert "private-artifacts/team-a/v2/artifacts/demo/run-1/teacher/model/summary.json" in keys
