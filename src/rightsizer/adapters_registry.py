@@ -44,6 +44,9 @@ class AdapterMethod:
     mergeable: bool = True  # peft can fold the adapter into the base weights (merge_and_unload)
     prompt_learning: bool = False  # virtual tokens / past key values instead of wrapped layers
     needs_rank_allocation: bool = False  # AdaLoRA: call update_and_allocate after every optimizer step
+    # peft feeds the model embeddings only (no input_ids), so a decoder's classification head cannot find the last
+    # real token and pools the last position: such methods pad on the left on decoders
+    embeddings_only: bool = False
     help: dict[str, str] = field(default_factory=dict)
 
 
@@ -180,7 +183,8 @@ register_method(AdapterMethod("prefix", "prefix tuning: trained key/value prefix
                               _prefix, frozenset({"r"}), frozenset({"prefix_projection", "encoder_hidden_size"}),
                               mergeable=False, prompt_learning=True))
 register_method(AdapterMethod("prompt", "prompt tuning: trained soft-prompt embeddings (r = virtual tokens)", _prompt,
-                              frozenset({"r"}), frozenset({"init_text"}), mergeable=False, prompt_learning=True))
+                              frozenset({"r"}), frozenset({"init_text"}), mergeable=False, prompt_learning=True,
+                              embeddings_only=True))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from rightsizer.config import AdapterConfig, RunConfig
 from rightsizer.data import load_prepared, tokenize
 from rightsizer.errors import UserError
 from rightsizer.inference import predict_logits
-from rightsizer.models import checkpoint_mb, count_parameters, describe, load_classifier, load_saved, weights_mb
+from rightsizer.models import (checkpoint_mb, count_parameters, describe, is_causal_lm, load_classifier, load_saved,
+                               weights_mb)
 from rightsizer.outputs import process_rank, stage_output, write_json
 from rightsizer.train import fine_tune, training_texts
 from rightsizer.train.memory import PeakMemory
@@ -37,6 +38,7 @@ from rightsizer.train.memory import PeakMemory
 CHECK_ROWS = 256  # validation rows used to compare reloaded / merged predictions with the trained model
 RELOAD_TOLERANCE = 1e-4  # fp32; half precision widens both in proportion to its rounding error (check_tolerance)
 MERGE_TOLERANCE = 1e-3
+PADDING_TOLERANCE = 1e-2  # prefix/prompt tuning: an input alone vs padded in a batch (relative to the logits' scale)
 
 
 def base_reference(config: RunConfig, base: str) -> tuple[str, str | None]:
@@ -132,17 +134,33 @@ def build_adapter(model, tokenizer, adapter: AdapterConfig, total_steps: int, to
 
 
 def _dry_run(peft_model, tokenizer, adapter: AdapterConfig, arch: str, max_length: int) -> None:
-    """Prefix/prompt tuning need support deep in the architecture (cache, embeddings): try one batch."""
+    """Prefix/prompt tuning need support deep in the architecture (cache, embeddings): try one padded batch, and
+    refuse a model that predicts differently for an input alone and padded in a batch (e.g. GPT-2's absolute
+    positions under the left padding prompt tuning needs on a decoder)."""
     import torch
 
-    batch = tokenizer(["a b c", "a b c d e"], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     device = next(peft_model.parameters()).device
+
+    def logits(texts: list[str]):
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return peft_model(**{k: v.to(device) for k, v in batch.items()}).logits[0].float()
+
+    was_training = peft_model.training
+    peft_model.eval()  # no dropout while comparing
     try:
         with torch.no_grad():
-            peft_model(**{k: v.to(device) for k, v in batch.items()})
+            batched, alone = logits(["a b c", "a b c d e f g"]), logits(["a b c"])
     except (TypeError, ValueError, AttributeError, RuntimeError, NotImplementedError, IndexError) as exc:
         raise UserError(f"adapter '{adapter.name}': peft cannot apply {adapter.method} tuning to {arch} "
                         f"({type(exc).__name__}: {_first_line(exc)}); use a layer method such as lora") from None
+    finally:
+        peft_model.train(was_training)
+    difference = float((batched - alone).abs().max())
+    # rotary positions leave a trace (the pads sit between the soft prompt and the text): 1e-3 at init on Llama
+    if difference > PADDING_TOLERANCE * max(1.0, float(alone.abs().max())):
+        raise UserError(f"adapter '{adapter.name}': {adapter.method} tuning on {arch} predicts differently for an input "
+                        f"alone and in a {tokenizer.padding_side}-padded batch (logits differ by {difference:.3g}); "
+                        "use a layer method such as lora")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -252,6 +270,10 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         base_params, _ = count_parameters(model)
         adapter_dir, model_dir = out.work / "adapter", out.work / "model"
         total_steps = planned_steps(len(dataset["train"]), adapter)
+        if method.embeddings_only and is_causal_lm(model.config):
+            # peft hands a decoder only inputs_embeds, so its head pools the last position, not the last real
+            # token: pad on the left so that they are the same (saved with the tokenizer, so inference pads so too)
+            tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs: what is saved
         tokenizer.save_pretrained(tokenizer_dir)  # prompt tuning initialised from text reads it
         peft_config = peft_config_for(model, adapter, total_steps, tokenizer_dir)  # checked before any output
         save_base = describe(reference) != "hub"
