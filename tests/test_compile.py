@@ -232,3 +232,13 @@ def test_toleration_seconds_compile_and_unknown_toleration_keys_are_refused(tmp_
                  "resources.teachers.tolerations=[{key: gpu, toleration_seconds: 5}]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown key(s) toleration_seconds" in err[0] and not out.exists()
+
+
+def test_a_local_run_needs_no_cuda_image(tiny_config):
+    from rightsizer.errors import UserError
+    from rightsizer.pipeline import build_pipeline
+
+    config = tiny_config(image="reg.example/rs:1", resources={"teachers": {"gpus": 1}})
+    build_pipeline(config, local=True)  # kfp.local runs in this environment: no image is pulled
+    with pytest.raises(UserError, match=r"resources.teachers asks for 1 GPU\(s\) but only a CPU image"):
+        build_pipeline(config)

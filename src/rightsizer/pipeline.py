@@ -44,8 +44,9 @@ GPU_DISK = "50Gi"
 SCRATCH = "/scratch"
 
 
-def load_components(config: RunConfig) -> "Components":
-    """The project's components, re-wrapped with each stage's image (:func:`image_for`)."""
+def load_components(config: RunConfig, local: bool = False) -> "Components":
+    """The project's components, re-wrapped with each stage's image (:func:`image_for`; a local run uses no
+    image, so it neither needs nor checks the CUDA one)."""
     from kfp import dsl
 
     from rightsizer_components import adapters, evaluate, prepare, probe, prompting, report, teacher
@@ -54,7 +55,7 @@ def load_components(config: RunConfig) -> "Components":
 
     def wrap(field, component):
         stage = stage_named(COMPONENT_STAGES[field])
-        image = image_for(config, stage.resources, task_gpus(config, stage.name))
+        image = image_for(config, stage.resources, 0 if local else task_gpus(config, stage.name))
         return dsl.component(component.python_func, base_image=image, install_kfp_package=False)
 
     return Components(prepare=wrap("prepare", prepare.prepare), teacher=wrap("teacher", teacher.teacher),
@@ -166,11 +167,11 @@ def apply_resources(task, config: RunConfig, stage_name: str):
     return task
 
 
-def build_pipeline(config: RunConfig):
+def build_pipeline(config: RunConfig, local: bool = False):
     """A KFP pipeline function for ``config`` (its graph follows the config's sections)."""
     from kfp import dsl
 
-    parts = load_components(config)
+    parts = load_components(config, local)
     config_json = config.to_json()
     teacher_names = [t.name for t in config.teachers]
     student_runs = [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]
@@ -303,7 +304,7 @@ def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(local_threads()))
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    pipeline = build_pipeline(config)
+    pipeline = build_pipeline(config, local=True)
     with _error_file() as errors, _timing_lock(pipeline_root):
         try:
             pipeline()
