@@ -340,7 +340,7 @@ class StorageConfig(Strict):
                                "ConfigMap's bucket: mlpipeline next to KFP), else 'rightsizer'")
     secure: bool | None = Field(None, description="TLS on/off; default: from the endpoint's scheme (bare host = TLS)")
     region: str | None = Field(None, description="S3 region (default: $AWS_REGION; MinIO ignores it)")
-    prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+    prefix: str | None = Field(None, pattern=r"^/?[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$",
                                description="key prefix for run artifacts (default: $RIGHTSIZER_S3_PREFIX, the "
                                "ConfigMap's prefix — private-artifacts/<namespace>/rightsizer on multi-user KFP — else 'runs')")
     secret_name: str = Field("mlpipeline-minio-artifact", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
