@@ -18,7 +18,12 @@ def evaluate(config_json: str, name: str, kind: str, data: Input[Dataset], candi
 
     result = call(stage.run, config_json, data_dir=data.path, candidate_dir=candidate.path,
                   output_dir=metrics.path, name=name, kind=kind)
-    for key in ("accuracy", "macro_f1", "latency_ms", "latency_p95_ms", "throughput_per_s", "params", "size_mb"):
-        if result.get(key) is not None:
-            scores.log_metric(key, float(result[key]))
-    confusion.log_confusion_matrix(result["labels"], result["confusion_matrix"])
+    forms = result.get("candidates")  # a quantize stage's output: one row per quantized form
+    for row in forms if forms is not None else [result]:
+        prefix = f"{row['name']}_" if forms is not None else ""
+        for key in ("accuracy", "macro_f1", "latency_ms", "latency_p95_ms", "throughput_per_s", "params", "size_mb"):
+            if row.get(key) is not None:
+                scores.log_metric(prefix + key, float(row[key]))
+    if forms is None or forms:
+        first = result if forms is None else forms[0]
+        confusion.log_confusion_matrix(first["labels"], first["confusion_matrix"])

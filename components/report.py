@@ -16,6 +16,10 @@ def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact],
            adapter_metrics: Optional[Input[List[Artifact]]] = None,
            slice_metrics: Optional[Input[List[Artifact]]] = None,
            other_metrics: Optional[Input[List[Artifact]]] = None,
+           quantized_teacher_metrics: Optional[Input[List[Artifact]]] = None,
+           quantized_student_metrics: Optional[Input[List[Artifact]]] = None,
+           quantized_adapter_metrics: Optional[Input[List[Artifact]]] = None,
+           quantized_slice_metrics: Optional[Input[List[Artifact]]] = None,
            probe: Optional[Input[Artifact]] = None):
     import os
     import shutil
@@ -23,7 +27,8 @@ def report(config_json: str, data: Input[Dataset], report_dir: Output[Artifact],
     from rightsizer.component_runtime import call
     from rightsizer.stages import report as stage
 
-    groups = [teacher_metrics, student_metrics, adapter_metrics, slice_metrics, other_metrics]
+    groups = [teacher_metrics, student_metrics, adapter_metrics, slice_metrics, other_metrics, quantized_teacher_metrics,
+              quantized_student_metrics, quantized_adapter_metrics, quantized_slice_metrics]
     metrics_dirs = [artifact.path for group in groups if group for artifact in group]
     leaderboard = call(stage.run, config_json, data_dir=data.path, metrics_dirs=metrics_dirs, output_dir=report_dir.path,
                        probe_dir=probe.path if probe is not None else None)

@@ -20,10 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rightsizer.adapters_registry import METHODS as ADAPTER_REGISTRY
 from rightsizer.adapters_registry import check_fields as check_adapter_fields
 from rightsizer.errors import UserError, did_you_mean, one_of
+from rightsizer.quantize import METHODS as QUANTIZE_REGISTRY
 from rightsizer.plan import RESOURCE_KEYS, launching_keys, resource_chain
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ADAPTER_METHODS = tuple(ADAPTER_REGISTRY)  # lora, rslora, dora, adalora, ia3, loha, lokr, oft, prefix, prompt
+QUANTIZE_METHODS = tuple(QUANTIZE_REGISTRY)  # dynamic_int8, onnx_fp32, onnx_int8, static_int8, bf16, fp16
+CANDIDATE_KINDS = ("teacher", "student", "adapter", "slice")  # what quantize.of may name besides a candidate or all
 
 
 class Strict(BaseModel):
@@ -216,6 +219,18 @@ class PromptingConfig(Strict):
         return [] if self.model is None else [self.model] if isinstance(self.model, str) else list(self.model)
 
 
+class QuantizeConfig(Strict):
+    """One cheaper serving form of one candidate, of every candidate of a kind, or of all of them."""
+
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="the candidate's name when `of` names one "
+                             "candidate; with a kind or all, each source's candidate is <source>-<name>; default: "
+                             "<source>-<the method's suffix>")
+    of: str = Field(description="a candidate name | teacher | student | adapter | slice | all (kinds and all leave "
+                    "out the -nodistill controls)")
+    method: Literal[QUANTIZE_METHODS] = Field(description=" | ".join(QUANTIZE_METHODS))  # type: ignore[valid-type]
+    calibration_samples: int = Field(128, ge=8, le=100_000, description="static_int8: training rows to calibrate on")
+
+
 class EvaluationConfig(Strict):
     latency_batch_size: int = Field(1, ge=1, le=1024)
     latency_samples: int = Field(200, ge=4, description="timed requests for p50/p95 (p95 needs >= 200)")
@@ -312,6 +327,8 @@ class ResourcesConfig(Strict):
     probe: ResourceSpec = Field(default_factory=ResourceSpec)
     slice: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.probe")
     evaluate: ResourceSpec = Field(default_factory=ResourceSpec)
+    quantize: ResourceSpec = Field(default_factory=ResourceSpec, description="the quantize tasks and the tasks that "
+                                   "evaluate their forms; default: resources.evaluate")
     prompting: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.evaluate")
     report: ResourceSpec = Field(default_factory=ResourceSpec)
 
@@ -391,13 +408,14 @@ class RunConfig(Strict):
     students: list[StudentConfig] = Field(default_factory=list)
     adapters: list[AdapterConfig] = Field(default_factory=list)
     probe: ProbeConfig | None = None
+    quantize: list[QuantizeConfig] = Field(default_factory=list, description="cheaper serving forms of candidates")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     deepspeed: dict[str, Any] | str | None = Field(None, description="null | {zero_stage: 2, ...} | path to a DeepSpeed JSON")
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
-    @field_validator("students", "adapters", mode="before")
+    @field_validator("students", "adapters", "quantize", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
@@ -468,6 +486,88 @@ class RunConfig(Strict):
             if clash:
                 raise ValueError(f"prompting row names clash with other candidates: {', '.join(clash)}")
         return self
+
+    @model_validator(mode="after")
+    def _quantize(self) -> "RunConfig":
+        """Every quantize entry names candidates that will exist, and makes names no other candidate has."""
+        if not self.quantize:
+            return self
+        from rightsizer.adapters_registry import METHODS as ADAPTERS
+
+        known = self.candidate_kinds()
+        planned: list[str] = []
+        for entry in self.quantize:
+            label = f"quantize '{entry.name or entry.of}'"
+            if entry.of != "all" and entry.of not in CANDIDATE_KINDS and entry.of not in known:
+                raise ValueError(f"{label}: of '{entry.of}' names no candidate{did_you_mean(entry.of, known)}; give a "
+                                 f"candidate ({one_of(known) or 'none configured'}), a kind "
+                                 f"({', '.join(CANDIDATE_KINDS)}) or all")
+            has_slices = self.probe is not None and bool(self.probe.finetune_slices)
+            if entry.of == "slice" and not has_slices:
+                raise ValueError(f"{label}: of 'slice' but no slices are fine-tuned; set probe.finetune_slices")
+            if entry.of in CANDIDATE_KINDS and entry.of != "slice" and entry.of not in known.values():
+                raise ValueError(f"{label}: of '{entry.of}' but no {entry.of} is configured")
+            for source, kind in known.items():
+                name = self.quantized_name(entry, source, kind, control=source in self.controls())
+                if name is None:
+                    continue
+                if kind == "adapter" and not ADAPTERS[self.adapter(source).method].mergeable:
+                    raise ValueError(f"{label}: adapter '{source}' ({self.adapter(source).method}) cannot be merged "
+                                     "into its base, so it has no plain model to quantize; quantize a mergeable "
+                                     "adapter (lora, ia3, ...) or name the candidates to quantize")
+                planned.append(name)
+        clash = sorted({n for n in planned if planned.count(n) > 1 or n in known})
+        if clash:
+            raise ValueError(f"quantized candidate names clash with other candidates: {', '.join(clash)}; give each "
+                             "quantize entry its own name")
+        return self
+
+    def controls(self) -> set[str]:
+        """Names of the students' data-only controls (``<student>-nodistill``)."""
+        return {f"{s.name}-nodistill" for s in self.students if s.control}
+
+    def candidate_kinds(self) -> dict[str, str]:
+        """Every candidate known before the run -> its kind (slices only where finetune_slices lists depths)."""
+        kinds = {t.name: "teacher" for t in self.teachers}
+        for student in self.students:
+            kinds[student.name] = "student"
+        kinds.update({name: "student" for name in sorted(self.controls())})
+        kinds.update({a.name: "adapter" for a in self.adapters})
+        if self.probe is not None and isinstance(self.probe.finetune_slices, list):
+            base = self.probe.model.rstrip("/").rsplit("/", 1)[-1]
+            kinds.update({f"{base}-L{k}": "slice" for k in self.probe.finetune_slices})
+        return kinds
+
+    def quantized_name(self, entry: "QuantizeConfig", source: str, kind: str, control: bool = False) -> str | None:
+        """The candidate ``entry`` makes of candidate ``source`` (of kind ``kind``), or None when it does not apply.
+
+        ``of: <candidate>`` -> ``name`` or ``<source>-<suffix>``; ``of: <kind> | all`` -> ``<source>-<name or suffix>``
+        for every candidate of that kind but the -nodistill controls.
+        """
+        suffix = entry.name or QUANTIZE_REGISTRY[entry.method].suffix
+        if entry.of == source:
+            return entry.name or f"{source}-{suffix}"
+        if not control and entry.of in ("all", kind):
+            return f"{source}-{suffix}"
+        return None
+
+    def quantize_plan(self, source: str, kind: str, control: bool = False) -> list[tuple[str, "QuantizeConfig"]]:
+        """(candidate name, entry) for every quantized form of ``source``, in config order."""
+        plan = [(self.quantized_name(entry, source, kind, control), entry) for entry in self.quantize]
+        return [(name, entry) for name, entry in plan if name is not None]
+
+    def quantized_kinds(self) -> set[str]:
+        """The kinds of candidates some quantize entry applies to (the pipeline adds quantize tasks to their loops)."""
+        known = self.candidate_kinds()
+        kinds = set()
+        for entry in self.quantize:
+            if entry.of == "all":
+                kinds |= set(known.values()) | ({"slice"} if self.probe is not None and self.probe.finetune_slices else set())
+            elif entry.of in CANDIDATE_KINDS:
+                kinds.add(entry.of)
+            elif entry.of in known:
+                kinds.add(known[entry.of])
+        return kinds
 
     def prompting_runs(self) -> list[tuple[str, str, int]]:
         """(row name, model reference, shots) for every prompting baseline row (empty without prompting)."""

@@ -48,6 +48,13 @@ def encode_texts(tokenizer, texts: list[str], pairs: list[str] | None, max_lengt
     return tokenizer(texts, truncation=True, max_length=max_length)
 
 
+def model_device(model):
+    """Where a model's inputs go: a HF model's ``device``, else its first parameter's (an ONNX Runtime
+    wrapper says ``cpu``)."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
 def batches_by_length(lengths: list[int], batch_size: int) -> list[np.ndarray]:
     order = np.argsort(np.asarray(lengths), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -66,7 +73,7 @@ def predict_logits(model, tokenizer, split, max_length: int, batch_size: int = 1
     pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
     encoded = encode_texts(tokenizer, texts, pairs, max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits = None
     extra: list = [None] * len(texts)
     model.eval()

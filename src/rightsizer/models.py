@@ -414,13 +414,17 @@ def finish_tokenizer(model, tokenizer):
 
 def load_saved(model_dir: str | Path, device: str | None = None, precision: str = "fp32"):
     """Reload a model saved by a stage (plain or PEFT adapter with its head), in ``precision`` (fp32, bf16,
-    fp16) and on ``device`` (default: where it loads, the CPU)."""
+    fp16) and on ``device`` (default: where it loads, the CPU). A quantized form loads as it was made
+    (its own format, dtype and device; :func:`rightsizer.quantize.load_quantized`)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rightsizer.inference import torch_dtype
+    from rightsizer.quantize import is_quantized, load_quantized
 
     dtype = torch_dtype(precision)
     model_dir = Path(model_dir)
+    if is_quantized(model_dir):
+        return load_quantized(model_dir)
     check_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if (model_dir / "adapter_config.json").exists():
@@ -458,7 +462,7 @@ def count_parameters(model) -> tuple[int, int]:
 
 def size_on_disk_mb(directory: str | Path) -> float:
     directory = Path(directory)
-    weights = [p for p in directory.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt")]
+    weights = [p for p in directory.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".onnx")]
     return round(sum(p.stat().st_size for p in weights) / 1e6, 3)
 
 

@@ -32,12 +32,15 @@ class Components:
     prompting: object
     teacher_logits: object
     distill: object
+    quantize: object
+    evaluate_quantized: object  # the evaluate component on the quantize stage's resources and image
 
 
 # the stage (rightsizer.plan.STAGES) each component's tasks run, which decides their image (CUDA with GPUs)
 COMPONENT_STAGES = {"prepare": "prepare", "teacher": "teacher", "teacher_logits": "teacher-logits",
                     "distill": "distill", "adapter": "adapters", "probe": "probe", "slice": "slice",
-                    "evaluate": "evaluate", "prompting": "prompting", "report": "report"}
+                    "evaluate": "evaluate", "prompting": "prompting", "report": "report", "quantize": "quantize",
+                    "evaluate_quantized": "quantize"}
 GPU_RETRIES = 2
 GPU_RETRY_BACKOFF = "60s"
 GPU_DISK = "50Gi"
@@ -50,7 +53,7 @@ def load_components(config: RunConfig, local: bool = False) -> "Components":
     from kfp import dsl
 
     from rightsizer_components import adapters, evaluate, prepare, probe, prompting, report, teacher
-    from rightsizer_components import distill, teacher_logits
+    from rightsizer_components import distill, quantize, teacher_logits
     from rightsizer_components import slice as slice_component
 
     def wrap(field, component):
@@ -63,7 +66,8 @@ def load_components(config: RunConfig, local: bool = False) -> "Components":
                       evaluate=wrap("evaluate", evaluate.evaluate), report=wrap("report", report.report),
                       adapter=wrap("adapter", adapters.adapter), prompting=wrap("prompting", prompting.prompting),
                       teacher_logits=wrap("teacher_logits", teacher_logits.teacher_logits),
-                      distill=wrap("distill", distill.distill))
+                      distill=wrap("distill", distill.distill), quantize=wrap("quantize", quantize.quantize),
+                      evaluate_quantized=wrap("evaluate_quantized", evaluate.evaluate))
 
 
 def image_for(config: RunConfig, resources_key: str | None = None, gpus: int = 0) -> str:
@@ -177,18 +181,28 @@ def build_pipeline(config: RunConfig, local: bool = False):
     student_runs = [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]
     adapter_names = [a.name for a in config.adapters]
     prompting_rows = [row for row, _, _ in config.prompting_runs()]
+    quantized_kinds = config.quantized_kinds()
 
     @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")
     def rightsize(config_json: str = config_json):
         prep = apply_resources(parts.prepare(config_json=config_json), config, "prepare").set_display_name("prepare")
         data = prep.outputs["data"]
         report_inputs = {}
+        quantized_evaluations = {}  # kind -> the task evaluating that loop's quantized forms
 
         def scored(trained, stage: str, display: str, kind: str, name):
-            """Place a training task, and add the task that evaluates the model it writes."""
+            """Place a training task, and add the task that evaluates the model it writes; where ``quantize:``
+            applies to the kind, also a quantize task after the training task and one that evaluates its forms."""
             apply_resources(trained, config, stage).set_display_name(display)
             evaluated = parts.evaluate(config_json=config_json, name=name, kind=kind, data=data,
                                        candidate=trained.outputs["model"])
+            if kind in quantized_kinds:
+                quantized = parts.quantize(config_json=config_json, data=data, source=trained.outputs["model"])
+                apply_resources(quantized, config, "quantize").set_display_name(f"quantize-{kind}")
+                forms = parts.evaluate_quantized(config_json=config_json, name="", kind="quantized", data=data,
+                                                 candidate=quantized.outputs["model"])
+                apply_resources(forms, config, "quantize").set_display_name(f"evaluate-quantized-{kind}")
+                quantized_evaluations[kind] = forms
             return apply_resources(evaluated, config, "evaluate").set_display_name(f"evaluate-{kind}")
 
         if teacher_names:
@@ -230,6 +244,8 @@ def build_pipeline(config: RunConfig, local: bool = False):
                 prompted = parts.prompting(config_json=config_json, name=row_name, data=data)
                 apply_resources(prompted, config, "prompting").set_display_name("prompting")
             report_inputs["other_metrics"] = dsl.Collected(prompted.outputs["metrics"])
+        for kind, forms in quantized_evaluations.items():
+            report_inputs[f"quantized_{kind}_metrics"] = dsl.Collected(forms.outputs["metrics"])
         final = parts.report(config_json=config_json, data=data, **report_inputs)
         apply_resources(final, config, "report").set_display_name("report")
 
@@ -239,9 +255,12 @@ def build_pipeline(config: RunConfig, local: bool = False):
 def compile_pipeline(config: RunConfig, output: str | Path) -> Path:
     from kfp import compiler
 
+    from rightsizer.quantize import check_devices
+
     output = Path(output)
     if output.suffix not in (".yaml", ".yml", ".json"):
         raise UserError(f"compile output '{output}' must end in .yaml or .json")
+    check_devices(config, local=False)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
     compiler.Compiler().compile(build_pipeline(config), str(tmp))
@@ -297,6 +316,9 @@ def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
     """Run the pipeline with ``kfp.local.SubprocessRunner`` in this environment; return the run's dir."""
     from kfp import local
 
+    from rightsizer.quantize import check_devices
+
+    check_devices(config, local=True)  # before anything trains
     pipeline_root = Path(pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
     # kfp.local runs two loop iterations at once: each task gets half the cores, which avoids OpenMP

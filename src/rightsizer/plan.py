@@ -55,6 +55,7 @@ RESOURCE_KEYS: dict[str, str | None] = {
     "probe": None,
     "slice": "probe",
     "evaluate": None,
+    "quantize": "evaluate",  # the quantize task and the task that evaluates its forms
     "prompting": "evaluate",
     "report": None,
 }
@@ -75,6 +76,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           help="one PEFT adapter on its pretrained base (--name picks it)"),
     Stage("prompting", "prompting", "prompting", ("data_dir",), shm=True,
           help="zero-/k-shot prompting baseline row (--name prompt-<model>-<k>shot)"),
+    Stage("quantize", "quantize", "quantize", ("data_dir", "source_dir"), shm=True,
+          help="a trained candidate's quantized forms, one per quantize entry that applies (--name picks one)"),
     Stage("evaluate", "evaluate", "evaluate", ("data_dir", "candidate_dir"), shm=True,
           help="one candidate on the test split: quality, latency, size"),
     Stage("report", "report", "report", ("data_dir", "*metrics_dirs"),

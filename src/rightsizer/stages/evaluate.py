@@ -21,7 +21,7 @@ import numpy as np
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError
-from rightsizer.inference import encode_texts, inference_placement, predict_logits
+from rightsizer.inference import encode_texts, inference_placement, model_device, predict_logits
 from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
 from rightsizer.outputs import read_json, stage_output, write_json
 from rightsizer.stats import bootstrap_intervals
@@ -56,7 +56,7 @@ def measure_latency(model, tokenizer, split, max_length: int, batch_size: int, s
     pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
     rng = random.Random(seed)
     requests = [[rng.randrange(len(texts)) for _ in range(batch_size)] for _ in range(warmup + samples)]
-    device = next(model.parameters()).device
+    device = model_device(model)
     timings = []
     with torch.inference_mode():
         for number, request in enumerate(requests):
@@ -137,15 +137,44 @@ def evaluate_model(model, tokenizer, dataset, label_names: list[str], config: Ru
     return metrics, predictions
 
 
+FORMS_FILE = "forms.json"  # in an evaluation of quantized forms: their names, one metrics dir each
+
+
+def quantized_forms(candidate_dir: Path) -> list[Path] | None:
+    """The candidate directories inside a quantize stage's output (None when it is not one)."""
+    summary = candidate_dir / "summary.json"
+    if (candidate_dir / "model").is_dir() or not summary.exists():
+        return None
+    made = read_json(summary)
+    if made.get("stage") != "quantize":
+        return None
+    return [candidate_dir / name for name in made.get("candidates", [])]
+
+
 @times_itself
 def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, output_dir: str | Path,
         name: str | None = None, kind: str | None = None) -> dict:
+    """Evaluate one candidate; given a quantize stage's output, every form in it (one ``output_dir/<name>`` each),
+    returning ``{"candidates": [metrics, ...]}``."""
+    candidate_dir = Path(candidate_dir)
+    forms = quantized_forms(candidate_dir)
+    if forms is None:
+        return evaluate_candidate(config, data_dir, candidate_dir, output_dir, name, kind)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = [evaluate_candidate(config, data_dir, form, output_dir / form.name) for form in forms]
+    write_json(output_dir / FORMS_FILE, [form.name for form in forms])  # last: the report reads these rows
+    return {"candidates": rows}
+
+
+def evaluate_candidate(config: RunConfig, data_dir: str | Path, candidate_dir: Path, output_dir: str | Path,
+                       name: str | None = None, kind: str | None = None) -> dict:
     import torch
 
-    candidate_dir = Path(candidate_dir)
     model_dir = candidate_dir / "model"
     if not model_dir.is_dir():
-        raise UserError(f"'{candidate_dir}' has no model/ directory; give a stage output (teacher, student, adapter, slice)")
+        raise UserError(f"'{candidate_dir}' has no model/ directory; give a stage output (teacher, student, adapter, "
+                        "slice, quantize)")
     trained = read_json(candidate_dir / "summary.json") if (candidate_dir / "summary.json").exists() else {}
     name = name or trained.get("name") or candidate_dir.name
     kind = kind or trained.get("kind") or "teacher"
@@ -157,7 +186,7 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
         model, tokenizer = load_saved(model_dir, device, precision)
         with quiet():  # on a shared machine, time nothing while another stage trains
             metrics, predictions = evaluate_model(model, tokenizer, dataset, card["label_names"], config)
-        params, _ = count_parameters(model)
+        params = trained["params"] if kind == "quantized" else count_parameters(model)[0]  # int8 weights are buffers
         metrics.update({
             "name": name, "kind": kind, "params": params,
             "trainable_params": trained.get("trainable_params", params),
@@ -167,9 +196,11 @@ def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, outp
             "latency_threads": threads, **placement_fields(device, precision),
         })
         for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers", "method", "base_model",
-                    "merged"):
+                    "merged", "source", "device", "dtype"):  # a quantized form runs where and as it was made
             if key in trained:
                 metrics[key] = trained[key]
+        if metrics["device"] != "cuda":
+            metrics.pop("device_name", None)
         write_json(out.work / "metrics.json", metrics)
         write_predictions(out.work, predictions)
         out.summary.update({"kind": kind, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],

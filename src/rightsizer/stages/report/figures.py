@@ -14,9 +14,9 @@ import numpy as np
 
 from rightsizer.stages.report.decision import METRIC_NAMES, _points, pareto_front, trained
 
-KINDS = ("teacher", "student", "adapter", "slice", "prompting", "baseline")
+KINDS = ("teacher", "student", "adapter", "slice", "quantized", "prompting", "baseline")
 KIND_COLOURS = {"teacher": "#1f77b4", "student": "#2ca02c", "adapter": "#ff7f0e", "slice": "#9467bd",
-                "prompting": "#8c564b", "baseline": "#7f7f7f"}
+                "quantized": "#e377c2", "prompting": "#8c564b", "baseline": "#7f7f7f"}
 
 
 def slice_depth(row: dict) -> int | None:
@@ -61,6 +61,14 @@ def plot_pareto(rows: list[dict], metric: str, decision: dict, tolerance: float,
     if others:
         axes.scatter([row["latency_ms"] for row in others], [row[metric] for row in others],
                      s=[area(row) for row in others], c="#17becf", alpha=0.7, label="other", zorder=3)
+    by_name = {row["name"]: row for row in pool}
+    linked = [(row, by_name[row["source"]]) for row in pool if row["kind"] == "quantized" and row.get("source") in by_name]
+    if linked:
+        axes.plot([], [], color=KIND_COLOURS["quantized"], label="quantized ← its source")
+    for row, origin in linked:  # each quantized candidate linked to the model it was made from
+        axes.annotate("", xy=(row["latency_ms"], row[metric]), xytext=(origin["latency_ms"], origin[metric]),
+                      arrowprops={"arrowstyle": "->", "color": KIND_COLOURS["quantized"], "alpha": 0.8,
+                                  "linewidth": 1.2, "shrinkA": 6, "shrinkB": 6}, zorder=2)
     front = pareto_front(pool, metric)
     if front:
         xs = [row["latency_ms"] for row in front]

@@ -11,7 +11,7 @@ from rightsizer.outputs import read_json
 from rightsizer.stages.report.decision import headline_metrics
 
 LEADERBOARD_KEYS = ("name", "kind", "accuracy", "macro_f1", "params", "trainable_params", "size_mb",
-                    "latency_ms", "latency_p95_ms", "throughput_per_s", "device", "dtype")
+                    "latency_ms", "latency_p95_ms", "throughput_per_s", "device", "dtype", "source")
 
 
 def baseline_row(dataset, card: dict) -> dict:
@@ -30,12 +30,19 @@ def baseline_row(dataset, card: dict) -> dict:
 
 
 def collect_metrics(metrics_dirs: list[str | Path]) -> list[dict]:
+    """Every candidate's metrics.json; an evaluation of quantized forms holds one per form (``forms.json``)."""
+    from rightsizer.stages.evaluate import FORMS_FILE
+
     rows = []
     for directory in metrics_dirs:
         path = Path(directory) / "metrics.json"
-        if not path.exists():
+        forms = Path(directory) / FORMS_FILE
+        if path.exists():
+            rows.append(read_json(path))
+        elif forms.exists():  # the quantized forms of one source, evaluated by one task
+            rows.extend(read_json(Path(directory) / form / "metrics.json") for form in read_json(forms))
+        else:
             raise UserError(f"'{directory}' has no metrics.json; give evaluation outputs")
-        rows.append(read_json(path))
     seen: dict[str, int] = {}
     for row in rows:
         seen[row["name"]] = seen.get(row["name"], 0) + 1
