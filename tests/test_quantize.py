@@ -55,7 +55,7 @@ def test_every_cpu_method_predicts_like_its_source(quantized_teacher, demo_data,
     for row in by_name.values():
         assert row["kind"] == "quantized" and row["source"] == "teacher" and row["test_rows"] == 90
         assert row["params"] > 100_000 and row["trainable_params"] == 0 and row["latency_ms"] > 0
-    assert by_name["teacher-int8"]["dtype"] == "int8" and by_name["teacher-onnx"]["dtype"] == "float32"
+    assert by_name["teacher-int8"]["dtype"] == "int8" and by_name["teacher-onnx"]["dtype"] == "fp32"
 
 
 def test_sizes_are_the_real_files(quantized_teacher, trained_teacher):

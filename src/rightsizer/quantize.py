@@ -203,11 +203,11 @@ def quantize_model(model, tokenizer, method: str, model_dir: Path, texts: list[s
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, per_channel=False,
                             op_types_to_quantize=STATIC_OPS)
             info["calibration_rows"] = len(texts)
-        info.update(format="onnx", file=ONNX_FILE, dtype="float32" if method == "onnx_fp32" else "int8", opset=OPSET)
+        info.update(format="onnx", file=ONNX_FILE, dtype="fp32" if method == "onnx_fp32" else "int8", opset=OPSET)
     else:  # bf16 / fp16: the same model in half precision
         dtype = torch.bfloat16 if method == "bf16" else torch.float16
         copy.deepcopy(model).to(dtype).save_pretrained(str(model_dir))
-        info.update(format="safetensors", dtype=str(dtype).removeprefix("torch."))
+        info.update(format="safetensors", dtype=method)
     (model_dir / FORMAT_FILE).write_text(json.dumps(info, indent=2))
     return info
 

@@ -12,6 +12,7 @@ form exactly as it does any other candidate.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from rightsizer.config import RunConfig
@@ -57,6 +58,7 @@ def run(config: RunConfig, data_dir: str | Path, source_dir: str | Path, output_
             pairs = list(rows["text_pair"]) if "text_pair" in rows.column_names else None
             with tempfile.TemporaryDirectory(prefix="rightsizer-quantize-") as scratch:
                 for candidate, entry in plan:
+                    started = time.time()
                     count = min(len(rows), entry.calibration_samples)
                     info = quantize_model(model, tokenizer, entry.method, out.work / candidate / "model",
                                           list(rows["text"])[:count], pairs[:count] if pairs else None,
@@ -64,7 +66,8 @@ def run(config: RunConfig, data_dir: str | Path, source_dir: str | Path, output_
                     write_json(out.work / candidate / "summary.json", {
                         "stage": "quantize", "name": candidate, "kind": "quantized", "source": source,
                         "source_kind": kind, "method": entry.method, "device": METHODS[entry.method].device,
-                        "dtype": info["dtype"], "params": params, "trainable_params": 0, "format": info["format"]})
+                        "dtype": info["dtype"], "params": params, "trainable_params": 0, "format": info["format"],
+                        "duration_s": round(time.time() - started, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                     made.append(candidate)
                     print(f"quantize: {source} -> {candidate} ({entry.method})", flush=True)
         out.summary.update({"kind": "quantize", "source": source, "source_kind": kind, "candidates": made})
