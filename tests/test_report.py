@@ -167,10 +167,9 @@ def test_flags_fire_on_hand_made_inputs(tiny_config):
         row("student-a-nodistill", "student", 0.78, 3.0, 300, control_of="student-a"),  # distillation hurt
         row("student-b", "student", 0.76, 3.0, 300),
         row("student-b-nodistill", "student", 0.70, 3.0, 300, control_of="student-b"),  # distillation helped
-        row("lora-on-other", "adapter", 0.72, 11.0, 1000, base="other-teacher"),  # beats its own base
-        row("lora-on-teacher", "adapter", 0.79, 11.0, 1000, base="teacher"),      # below its base
-        row("ia3-no-base", "adapter", 0.81, 11.0, 1000),                           # beats the best teacher
-        row("lora-bt", "adapter", 0.71, 11.0, 1000, base_teacher="other-teacher"),  # the adapter stage's own key
+        row("lora-on-other", "adapter", 0.72, 11.0, 1000, base_teacher="other-teacher"),  # beats its own base
+        row("lora-on-teacher", "adapter", 0.79, 11.0, 1000, base_teacher="teacher"),      # below its base
+        row("ia3-no-base", "adapter", 0.81, 11.0, 1000),                                   # beats the best teacher
         row("broken", "slice", 0.17, 1.0, 100),
         row("worse", "slice", 0.10, 1.0, 100),
         BASELINE,
@@ -180,7 +179,6 @@ def test_flags_fire_on_hand_made_inputs(tiny_config):
         ("below_baseline", "broken"), ("below_baseline", "worse"),
         ("distillation_no_gain", "student-a"),
         ("adapter_beats_full_finetune", "lora-on-other"), ("adapter_beats_full_finetune", "ia3-no-base"),
-        ("adapter_beats_full_finetune", "lora-bt"),
     }
     message = next(f["message"] for f in flags if f["candidate"] == "lora-on-other")
     assert "other-teacher" in message and "0.7200 vs 0.7000" in message

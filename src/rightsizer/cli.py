@@ -76,32 +76,37 @@ def run(
 
 def _print_run(output: Path, elapsed: float) -> None:
     from rightsizer.outputs import read_json
+    from rightsizer.records import Leaderboard, StageSummary
 
-    leaderboard = read_json(output / "leaderboard.json")
+    board = Leaderboard.model_validate(read_json(output / "leaderboard.json"))
     table = Table(title="leaderboard", title_justify="left")
     for column in ("candidate", "kind", "accuracy", "macro-F1", "latency ms", "params"):
         table.add_column(column, justify="left" if column in ("candidate", "kind") else "right")
-    for row in leaderboard["candidates"]:
-        star = " ⭐" if row["name"] == leaderboard["recommended"] else ""
-        table.add_row(row["name"] + star, row["kind"], f"{row['accuracy']:.3f}", f"{row['macro_f1']:.3f}",
-                      f"{row['latency_ms']:.2f}" if row.get("latency_ms") is not None else "–",
-                      f"{row['params']:,}" if row.get("params") is not None else "–")
+
+    def number(value, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    for row in board.candidates:
+        star = " ⭐" if row.name == board.recommended else ""
+        table.add_row(row.name + star, row.kind, number(row.accuracy, ".3f"), number(row.macro_f1, ".3f"),
+                      number(row.latency_ms, ".2f"), number(row.params, ","))
     console.print(table)
     timings = Table(title="time per stage", title_justify="left")
     timings.add_column("stage")
     timings.add_column("name")
     timings.add_column("seconds", justify="right")
-    summaries = sorted((read_json(p) for p in (output / "stages").rglob("summary.json")), key=lambda s: s.get("finished_at", ""))
-    summaries.append(read_json(output / "summary.json"))
+    summaries = sorted((StageSummary.model_validate(read_json(p)) for p in (output / "stages").rglob("summary.json")),
+                       key=lambda s: s.finished_at or "")
+    summaries.append(StageSummary.model_validate(read_json(output / "summary.json")))
     for summary in summaries:
-        timings.add_row(summary.get("stage", "?"), str(summary.get("name") or ""), f"{summary.get('duration_s', 0):.1f}")
+        timings.add_row(summary.stage, summary.name or "", f"{summary.duration_s or 0:.1f}")
     console.print(timings)
     console.print(f"total {elapsed:.0f} s")
     details = read_json(output / "report.json") if (output / "report.json").exists() else {}
-    if leaderboard["recommended"]:
-        console.print(f"[bold green]recommended:[/] {leaderboard['recommended']} — {leaderboard['reason']}.")
+    if board.recommended:
+        console.print(f"[bold green]recommended:[/] {board.recommended} — {board.reason}.")
     else:
-        console.print(f"[bold yellow]no recommendation:[/] {leaderboard['reason']}.")
+        console.print(f"[bold yellow]no recommendation:[/] {board.reason}.")
     for line in (details.get("cost_statement"), (details.get("speed") or {}).get("statement")):
         if line:
             console.print(line)

@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rightsizer import candidates
 from rightsizer.adapters_registry import METHODS as ADAPTER_REGISTRY
 from rightsizer.adapters_registry import check_fields as check_adapter_fields
 from rightsizer.errors import UserError, did_you_mean, one_of
@@ -434,8 +435,7 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
-        names = [t.name for t in self.teachers] + [s.name for s in self.students] + [a.name for a in self.adapters]
-        names += [f"{s.name}-nodistill" for s in self.students if s.control]
+        names = [c.name for c in candidates.teachers(self) + candidates.students(self) + candidates.adapters(self)]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"candidate names must be unique; repeated: {', '.join(duplicates)}")
@@ -455,8 +455,7 @@ class RunConfig(Strict):
                 raise ValueError(f"probe.model 'teacher' names no configured teacher ({one_of(teacher_names) or 'none'}); "
                                  "give a teacher name or a model reference")
             if isinstance(self.probe.finetune_slices, list):
-                base = self.probe.model.rstrip("/").rsplit("/", 1)[-1]
-                clash = sorted({f"{base}-L{k}" for k in self.probe.finetune_slices} & set(names))
+                clash = sorted({c.name for c in candidates.slices(self)} & set(names))
                 if clash:
                     raise ValueError(f"slice candidate names clash with other candidates: {', '.join(clash)}")
         return self
@@ -472,17 +471,17 @@ class RunConfig(Strict):
                                  f"({one_of(teacher_names) or 'none'}); give a teacher name or a model reference")
         prompting = self.evaluation.prompting
         if prompting is not None:
-            runs = self.prompting_runs()
+            runs = candidates.prompting(self)
             if not runs:
                 raise ValueError("evaluation.prompting needs a causal LM: no teacher is a decoder preset, so set "
                                  "evaluation.prompting.model (a teacher name or a model reference)")
-            for _, reference, _ in runs:
+            for reference in (row.model for row in runs):
                 if reference in PRESETS and not PRESETS[reference].decoder:
                     decoders = [p.name for p in PRESETS.values() if p.decoder]
                     raise ValueError(f"prompting needs a causal LM, but '{reference}' is encoder-only; use a decoder "
                                      f"({one_of(decoders)} or a Hub causal LM)")
-            names = [t.name for t in self.teachers] + [s.name for s in self.students] + [a.name for a in self.adapters]
-            clash = sorted({name for name, _, _ in runs} & set(names))
+            names = [c.name for c in candidates.teachers(self) + candidates.students(self) + candidates.adapters(self)]
+            clash = sorted({row.name for row in runs} & set(names))
             if clash:
                 raise ValueError(f"prompting row names clash with other candidates: {', '.join(clash)}")
         return self
@@ -570,23 +569,8 @@ class RunConfig(Strict):
         return kinds
 
     def prompting_runs(self) -> list[tuple[str, str, int]]:
-        """(row name, model reference, shots) for every prompting baseline row (empty without prompting)."""
-        from rightsizer.models import PRESETS
-
-        prompting = self.evaluation.prompting
-        if prompting is None:
-            return []
-        teachers = {t.name: t.model for t in self.teachers}
-        if prompting.models:
-            chosen = [(m, teachers.get(m, m)) for m in prompting.models]
-        else:
-            chosen = [(t.name, t.model) for t in self.teachers if t.model in PRESETS and PRESETS[t.model].decoder]
-        runs = []
-        for label, reference in chosen:
-            label = re.sub(r"[^A-Za-z0-9._-]+", "-", label.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or "model"
-            for k in prompting.shots:
-                runs.append((f"prompt-{label}-{k}shot"[:63], reference, k))
-        return runs
+        """(row name, model reference, shots) for every prompting baseline row (:func:`candidates.prompting`)."""
+        return [(row.name, row.model, row.shots) for row in candidates.prompting(self)]
 
     # -- helpers used by stages -------------------------------------------------------------
     def teacher(self, name: str) -> TeacherConfig:

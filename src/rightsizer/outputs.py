@@ -19,6 +19,7 @@ from typing import Any
 
 from rightsizer import __version__
 from rightsizer.errors import UserError
+from rightsizer.records import StageSummary
 
 
 def git_commit() -> str | None:
@@ -101,6 +102,7 @@ def stage_output(output_dir: str | Path, stage: str, config=None, name: str | No
         return
     summary = {"stage": stage, "name": name, **out.summary, "duration_s": round(time.time() - started, 2),
                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **provenance(config)}
+    StageSummary.model_validate(summary)  # the fields every reader relies on, typed
     write_json(work / "summary.json", summary)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     if final.exists():

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rightsizer import candidates
 from rightsizer.component_runtime import ERROR_FILE_ENV
 from rightsizer.config import RunConfig
 from rightsizer.errors import UserError
@@ -177,10 +178,10 @@ def build_pipeline(config: RunConfig, local: bool = False):
 
     parts = load_components(config, local)
     config_json = config.to_json()
-    teacher_names = [t.name for t in config.teachers]
-    student_runs = [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]
-    adapter_names = [a.name for a in config.adapters]
-    prompting_rows = [row for row, _, _ in config.prompting_runs()]
+    teacher_names = [c.name for c in candidates.teachers(config)]
+    student_runs = [c.name for c in candidates.students(config)]
+    adapter_names = [c.name for c in candidates.adapters(config)]
+    prompting_rows = [c.name for c in candidates.prompting(config)]
     quantized_kinds = config.quantized_kinds()
 
     @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rightsizer import candidates
 from rightsizer.errors import UserError
 
 GIB = 1024 ** 3
@@ -203,17 +204,15 @@ def choose_placement(shape: ModelShape, *, batch_size: int, seq_len: int, gpu_me
 def stage_models(config, stage_key: str) -> list[tuple[str, int]]:
     """(model reference, per-device batch) of everything a training stage trains; a student or adapter is
     estimated as its teacher / base model trained in full (an upper bound)."""
-    teachers = {t.name: t.model for t in config.teachers}
-    first = config.teachers[0].model if config.teachers else None
     if stage_key == "teachers":
-        return [(t.model, t.batch_size) for t in config.teachers]
+        return [(c.model, config.teacher(c.member).batch_size) for c in candidates.teachers(config)]
     if stage_key == "students":
-        return [(s.model or teachers.get(s.teacher or "", first), s.batch_size) for s in config.students
-                if s.model or first]
+        return [(c.model, config.student(c.member).batch_size) for c in candidates.students(config)
+                if c.control_of is None and c.model]
     if stage_key == "adapters":
-        return [(teachers.get(a.base, a.base), a.batch_size) for a in config.adapters]
+        return [(c.model, config.adapter(c.member).batch_size) for c in candidates.adapters(config)]
     if stage_key == "slice" and config.probe is not None:
-        return [(teachers.get(config.probe.model, config.probe.model), config.probe.batch_size)]
+        return [(candidates.resolve_model(config, config.probe.model)[0], config.probe.batch_size)]
     return []
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rightsizer import launch
+from rightsizer import candidates, launch
 from rightsizer.adapters_registry import METHODS, AdapterMethod, AdapterSpec, linear_modules, missing_targets
 from rightsizer.config import AdapterConfig, RunConfig
 from rightsizer.data import load_prepared, tokenize
@@ -39,14 +39,6 @@ CHECK_ROWS = 256  # validation rows used to compare reloaded / merged prediction
 RELOAD_TOLERANCE = 1e-4  # fp32; half precision widens both in proportion to its rounding error (check_tolerance)
 MERGE_TOLERANCE = 1e-3
 PADDING_TOLERANCE = 1e-2  # prefix/prompt tuning: an input alone vs padded in a batch (relative to the logits' scale)
-
-
-def base_reference(config: RunConfig, base: str) -> tuple[str, str | None]:
-    """(model reference, teacher name or None): a teacher name means that teacher's pretrained model."""
-    for teacher in config.teachers:
-        if teacher.name == base:
-            return teacher.model, teacher.name
-    return base, None
 
 
 def planned_steps(train_rows: int, options) -> int:
@@ -261,7 +253,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
                                inputs={"data_dir": data_dir}, in_process_only=bool(fine_tune_kwargs))
     if launched is not None:
         return launched
-    reference, teacher_name = base_reference(config, adapter.base)
+    reference, teacher_name = candidates.resolve_model(config, adapter.base)
     dataset, card = load_prepared(data_dir)
     rank_zero = process_rank() == 0
     with stage_output(output_dir, "adapters", config, name=adapter.name) as out, \

@@ -10,31 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rightsizer import launch
+from rightsizer import candidates, launch
 from rightsizer.config import RunConfig, StudentConfig
 from rightsizer.data import load_prepared, tokenize
-from rightsizer.errors import UserError, one_of
+from rightsizer.errors import UserError
 from rightsizer.models import count_parameters, describe, load_classifier, load_saved, saved_label_names
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.stages.teacher_logits import cached_logits, check_labels, read_bundle, teacher_model_dir
 from rightsizer.train import fine_tune, training_texts
 
-CONTROL_SUFFIX = "-nodistill"
-
-
-def resolve_student(config: RunConfig, name: str | None) -> tuple[StudentConfig, bool]:
-    """(student config, is the data-only control) for a student name or ``<student>-nodistill``."""
-    if not config.students:
-        raise UserError("no students are configured; add a 'students:' section to the config")
-    if name is None:
-        return config.students[0], False
-    for student in config.students:
-        if student.name == name:
-            return student, False
-        if student.control and name == student.name + CONTROL_SUFFIX:
-            return student, True
-    runs = [s.name for s in config.students] + [s.name + CONTROL_SUFFIX for s in config.students if s.control]
-    raise UserError(f"no student named '{name}' in the config ({one_of(runs)})")
 
 
 def build_student(config: RunConfig, student: StudentConfig, bundle: dict, dataset, label_names: list[str]):
@@ -157,8 +141,9 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
         name: str | None = None, **fine_tune_kwargs) -> dict:
     from rightsizer.train.distill import DistillationTrainer
 
-    student, control = resolve_student(config, name)
-    run_name = student.name + CONTROL_SUFFIX if control else student.name
+    candidate = candidates.find(config, "distill", name)
+    student, control = config.student(candidate.member), candidate.control_of is not None
+    run_name = candidate.name
     launched = launch.dispatch("distill", config, output_dir, member=student.model_copy(update={"name": run_name}),
                                inputs={"data_dir": data_dir, "teachers_dir": teachers_dir},
                                in_process_only=bool(fine_tune_kwargs))

@@ -24,6 +24,7 @@ from rightsizer.errors import UserError
 from rightsizer.inference import encode_texts, inference_placement, model_device, predict_logits
 from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
 from rightsizer.outputs import read_json, stage_output, write_json
+from rightsizer.records import CandidateRow, TrainingFacts
 from rightsizer.stats import bootstrap_intervals
 from rightsizer.timing import quiet, task_threads, times_itself
 
@@ -195,10 +196,8 @@ def evaluate_candidate(config: RunConfig, data_dir: str | Path, candidate_dir: P
             "samples_per_s": trained.get("samples_per_s"),
             "latency_threads": threads, **placement_fields(device, precision),
         })
-        for key in ("peak_memory_mb", "trainable_share", "teachers", "control_of", "layers", "method", "base_model",
-                    "merged", "source", "device", "dtype"):  # a quantized form runs where and as it was made
-            if key in trained:
-                metrics[key] = trained[key]
+        metrics.update(TrainingFacts.from_summary(trained))  # what the training stage says about the candidate
+        CandidateRow.model_validate(metrics)  # the row the report and leaderboard.json rely on
         if metrics["device"] != "cuda":
             metrics.pop("device_name", None)
         write_json(out.work / "metrics.json", metrics)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rightsizer import candidates
 from rightsizer.config import ProbeConfig, RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError, did_you_mean, one_of
@@ -43,9 +44,7 @@ def probe_config(config: RunConfig) -> ProbeConfig:
 
 def probe_reference(config: RunConfig) -> str:
     """The model reference to probe: a teacher's pretrained model, or ``probe.model`` itself."""
-    model = probe_config(config).model
-    teachers = {t.name: t.model for t in config.teachers}
-    return teachers.get(model, model)
+    return candidates.resolve_model(config, probe_config(config).model)[0]
 
 
 def load_probed_model(config: RunConfig, dataset, label_names: list[str]):
@@ -61,11 +60,6 @@ def load_probed_model(config: RunConfig, dataset, label_names: list[str]):
         raise UserError(f"probe.model '{model}' is neither a configured teacher ({one_of(teachers) or 'none'})"
                         f"{did_you_mean(model, teachers)} nor a loadable model: {exc}") from None
 
-
-def slice_name(config: RunConfig, layers: int) -> str:
-    """Candidate name of the model cut after ``layers`` layers: ``<model>-L<k>``."""
-    model = probe_config(config).model.rstrip("/")
-    return f"{model.rsplit('/', 1)[-1]}-L{layers}"
 
 
 def resolve_pooling(pooling: str, model, tokenizer) -> str:
@@ -282,7 +276,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path) -> dict
         result = {
             "model": probe.model, "reference": probe_reference(config), "family": family.name, "depth": model_depth,
             "pooling": pooling, "metric": metric, "best_layer": best, "finetune_slices": probe.finetune_slices,
-            "slices": slices, "slice_names": [slice_name(config, k) for k in slices], "chance": chance,
+            "slices": slices, "slice_names": [candidates.slice_candidate(config, k).name for k in slices], "chance": chance,
             "rows": {name: len(split) for name, split in splits.items()},
             "feature_time_s": round(feature_time, 3), "probe_time_s": round(probe_time, 3), "layers": scores,
         }

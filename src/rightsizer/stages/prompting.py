@@ -8,7 +8,7 @@ verbalizer word's tokens right after the prompt; the highest wins. Trailing spac
 move into the continuation and the continuation's tokens are read off the encoding of
 prompt + word, as lm-evaluation-harness does, so BPE merges at the boundary do not distort scores.
 
-One row per (model, k): :meth:`RunConfig.prompting_runs` names them (``prompt-<model>-<k>shot``).
+One row per (model, k): :func:`rightsizer.candidates.prompting` names them (``prompt-<model>-<k>shot``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rightsizer import candidates
 from rightsizer.config import PromptingConfig, RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError, one_of
@@ -182,14 +183,10 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     from rightsizer.inference import inference_placement
     from rightsizer.stages.evaluate import placement_fields, split_scores, write_predictions
 
-    runs = config.prompting_runs()
-    if not runs:
+    if config.evaluation.prompting is None:
         raise UserError("prompting is not configured; set evaluation.prompting (shots, template, verbalizer)")
-    by_name = {row: (reference, k) for row, reference, k in runs}
-    if name is not None and name not in by_name:
-        raise UserError(f"no prompting row named '{name}' ({one_of(by_name)})")
-    row_name = name or runs[0][0]
-    reference, shots = by_name[row_name]
+    candidate = candidates.find(config, "prompting", name)
+    row_name, reference, shots = candidate.name, candidate.model, candidate.shots
     prompting = config.evaluation.prompting
     dataset, card = load_prepared(data_dir)
     label_names = card["label_names"]

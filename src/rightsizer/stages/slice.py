@@ -12,48 +12,31 @@ launch, or on every node of a TrainJob, as ``resources.slice`` (default: ``resou
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError
-from rightsizer import launch
+from rightsizer import candidates, launch
 from rightsizer.models import count_parameters
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.slicing import family_of, layer_stack, slice_model
-from rightsizer.stages.probe import load_probed_model, probe_config, probe_reference, resolve_pooling, slice_name
+from rightsizer.stages.probe import load_probed_model, probe_config, probe_reference, resolve_pooling
 from rightsizer.train import fine_tune
 
 
-def slice_depth(config: RunConfig, layers: int | str | None, name: str | None) -> int:
-    """``layers``, else the ``k`` in a name ``<model>-L<k>`` (or a bare ``k``), else the first configured slice."""
-    if layers is not None and str(layers).strip():
-        text = str(layers).strip()
-    elif name:
-        match = re.fullmatch(r"(?:.*-L)?(\d+)", name.strip())
-        if not match:
-            raise UserError(f"slice name '{name}' must look like <model>-L<k> (e.g. {slice_name(config, 2)}) or be a layer count")
-        text = match.group(1)
-    else:
-        slices = probe_config(config).finetune_slices
-        if slices == "auto" or not slices:
-            raise UserError("which slice? probe.finetune_slices is 'auto' or empty: run the probe stage first, or give "
-                            f"the slice by name (--name {slice_name(config, 2)})")
-        text = str(slices[0])
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(f"slice depth must be a layer count >= 1, got '{text}'")
-    return int(text)
-
-
-def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers: int | str | None = None,
+def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers: int | None = None,
         name: str | None = None, **fine_tune_kwargs) -> dict:
+    """The slice ``layers`` deep (the pipeline passes it), else the one called ``name`` (a slice candidate's
+    name or a layer count, as ``rightsizer stage slice --name`` gives it), else the first configured."""
     probe = probe_config(config)
-    depth = slice_depth(config, layers, name)
-    candidate = slice_name(config, depth)
+    if layers is not None and int(layers) < 1:
+        raise UserError(f"slice depth must be a layer count >= 1, got {layers}")
+    chosen = candidates.slice_candidate(config, int(layers)) if layers is not None else candidates.find(config, "slice", name)
+    depth, candidate = chosen.layers, chosen.name
     launched = launch.dispatch("slice", config, output_dir, inputs={"data_dir": data_dir},
-                               member=SimpleNamespace(name=candidate, **probe.model_dump()),  # --name picks the depth
+                               member=SimpleNamespace(name=candidate, **probe.model_dump()),  # --name picks the slice
                                in_process_only=bool(fine_tune_kwargs))
     if launched is not None:
         return launched

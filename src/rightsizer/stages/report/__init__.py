@@ -25,6 +25,7 @@ from pathlib import Path
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.outputs import stage_output, write_json
+from rightsizer.records import Leaderboard, LeaderboardRow
 from rightsizer.stages.report.decision import (
     COMPARATIVES, EPSILON, METRIC_NAMES, SIZE_KEYS, SIZE_WORDS, best_candidate, cost_statement, distillation_effects,
     find_flags, headline_metrics, pareto_front, recommend, recommendation, speed_verdict, trainable_percent, trained)
@@ -58,11 +59,9 @@ def run(config: RunConfig, data_dir: str | Path, metrics_dirs: list[str | Path],
     metric = config.report.metric
     rows.sort(key=lambda r: (-(r.get(metric) or 0.0), r["name"]))
     report = build_report(rows, config)
-    leaderboard = {
-        "metric": metric, "tolerance": config.report.tolerance, "recommended": report["recommended"],
-        "reason": report["reason"],
-        "candidates": [{key: row.get(key) for key in LEADERBOARD_KEYS} for row in rows],
-    }
+    leaderboard = Leaderboard(metric=metric, tolerance=config.report.tolerance, recommended=report["recommended"],
+                              reason=report["reason"],
+                              candidates=[LeaderboardRow.contract(row) for row in rows]).to_json_dict()
     by_name = {row["name"]: row for row in rows}
     with stage_output(output_dir, "report", config, name="report") as out:
         figures: dict[str, Path] = {}

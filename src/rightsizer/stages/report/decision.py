@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from rightsizer import candidates
 from rightsizer.config import RunConfig
 from rightsizer.errors import UserError
 
@@ -200,18 +201,20 @@ def distillation_effects(rows: list[dict], metric: str) -> list[dict]:
 
 
 def _full_finetune_for(adapter: dict, teachers: list[dict], metric: str, config: RunConfig | None) -> dict | None:
-    """The teacher an adapter competes with: the one fine-tuned from the same base (by teacher name,
-    then by model reference, from its metrics or the config), else the best teacher."""
+    """The teacher an adapter competes with: the one fine-tuned from the same pretrained model (the row's
+    ``base_teacher``, else the adapter's candidate in the config, else a teacher whose model is the row's
+    ``base_model``), else the best teacher."""
     if not teachers:
         return None
+    teacher, model = adapter.get("base_teacher"), adapter.get("base_model")
+    if config is not None and any(a.name == adapter["name"] for a in config.adapters):
+        configured = candidates.find(config, "adapters", adapter["name"])
+        teacher, model = teacher or configured.teacher, model or configured.model
     references = {t.name: t.model for t in config.teachers} if config is not None else {}
-    configured = next((a.base for a in config.adapters if a.name == adapter["name"]), None) if config is not None else None
-    hints = [hint for hint in (adapter.get("base_teacher"), adapter.get("base"), configured, adapter.get("base_model")) if hint]
-    for hint in hints:
-        same = [t for t in teachers if t["name"] == hint] or [t for t in teachers if references.get(t["name"]) == hint]
-        if same:
-            return max(same, key=lambda row: (row[metric], row["name"]))
-    return max(teachers, key=lambda row: (row[metric], row["name"]))
+    same = [t for t in teachers if t["name"] == teacher]
+    if not same and model:
+        same = [t for t in teachers if references.get(t["name"]) == model]
+    return max(same or teachers, key=lambda row: (row[metric], row["name"]))
 
 
 def find_flags(rows: list[dict], metric: str, config: RunConfig | None = None) -> list[dict]:

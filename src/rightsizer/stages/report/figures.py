@@ -7,28 +7,21 @@ rows (and the decision) and writes one PNG, returning whether it drew anything.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 
+from rightsizer.candidates import KINDS
 from rightsizer.stages.report.decision import METRIC_NAMES, _points, pareto_front, trained
 
-KINDS = ("teacher", "student", "adapter", "slice", "quantized", "prompting", "baseline")
 KIND_COLOURS = {"teacher": "#1f77b4", "student": "#2ca02c", "adapter": "#ff7f0e", "slice": "#9467bd",
                 "quantized": "#e377c2", "prompting": "#8c564b", "baseline": "#7f7f7f"}
 
 
 def slice_depth(row: dict) -> int | None:
-    """How many layers a slice keeps: its ``layers`` (a depth or a list of layers) or its ``-L<k>`` name."""
+    """How many layers a slice keeps (its row's ``layers``, from the slice stage's summary)."""
     layers = row.get("layers")
-    if isinstance(layers, int):
-        return layers
-    if isinstance(layers, list) and layers:
-        return len(layers)
-    found = re.search(r"-L(\d+)$", row.get("name", ""))
-    return int(found.group(1)) if found else None
-
+    return layers if isinstance(layers, int) else None
 
 
 def _figure(width: float, height: float):

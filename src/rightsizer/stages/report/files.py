@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from rightsizer.errors import UserError
 from rightsizer.outputs import read_json
+from rightsizer.records import CandidateRow, LeaderboardRow
 from rightsizer.stages.report.decision import headline_metrics
 
-LEADERBOARD_KEYS = ("name", "kind", "accuracy", "macro_f1", "params", "trainable_params", "size_mb",
-                    "latency_ms", "latency_p95_ms", "throughput_per_s", "device", "dtype", "source")
+LEADERBOARD_KEYS = tuple(LeaderboardRow.model_fields)  # leaderboard.json's fields per candidate (the contract)
 
 
 def baseline_row(dataset, card: dict) -> dict:
@@ -29,20 +30,33 @@ def baseline_row(dataset, card: dict) -> dict:
 
 
 
+def read_row(path: Path) -> dict:
+    """One evaluation's ``metrics.json``, checked against :class:`rightsizer.records.CandidateRow`."""
+    row = read_json(path)
+    try:
+        CandidateRow.model_validate(row)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"'{path}' is not an evaluation's metrics.json: '{where}': {error['msg']}") from None
+    return row
+
+
 def collect_metrics(metrics_dirs: list[str | Path]) -> list[dict]:
     """Every candidate's metrics.json; an evaluation of quantized forms holds one per form (``forms.json``)."""
     from rightsizer.stages.evaluate import FORMS_FILE
 
-    rows = []
+    paths = []
     for directory in metrics_dirs:
         path = Path(directory) / "metrics.json"
         forms = Path(directory) / FORMS_FILE
         if path.exists():
-            rows.append(read_json(path))
+            paths.append(path)
         elif forms.exists():  # the quantized forms of one source, evaluated by one task
-            rows.extend(read_json(Path(directory) / form / "metrics.json") for form in read_json(forms))
+            paths.extend(Path(directory) / form / "metrics.json" for form in read_json(forms))
         else:
             raise UserError(f"'{directory}' has no metrics.json; give evaluation outputs")
+    rows = [read_row(path) for path in paths]
     seen: dict[str, int] = {}
     for row in rows:
         seen[row["name"]] = seen.get(row["name"], 0) + 1

@@ -1,0 +1,108 @@
+"""Typed records of what stages write: a stage's ``summary.json``, a candidate's ``metrics.json`` row and
+``leaderboard.json``.
+
+Each record names the fields every reader may rely on; extra fields are allowed, so a stage can say
+more and a new field is one line here. ``leaderboard.json`` is a contract (ARCHITECTURE.md): its rows
+hold exactly the fields of :class:`LeaderboardRow` (fields may be added there, none removed or
+renamed). The evaluate stage writes :class:`CandidateRow`s, carrying over what the training stage's
+summary says about the candidate (:class:`TrainingFacts`); the report reads them back and writes the
+:class:`Leaderboard`; the CLI prints it.
+
+This module imports nothing from the package: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Record(BaseModel):
+    """A JSON record: named fields typed, anything else kept as it is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class StageSummary(Record):
+    """``summary.json``: what a stage did (written by :func:`rightsizer.outputs.stage_output`)."""
+
+    stage: str
+    name: str | None = None
+    kind: str | None = None
+    duration_s: float | None = None
+    finished_at: str | None = None
+    rightsizer_version: str | None = None
+    git_commit: str | None = None
+
+
+class TrainingFacts(Record):
+    """What a training stage's summary says about the candidate it made; its evaluation carries these
+    onto the candidate's row (anything else in the summary stays there)."""
+
+    train_time_s: float | None = None
+    samples_per_s: float | None = None
+    trainable_params: int | None = None
+    trainable_share: float | None = None
+    peak_memory_mb: float | None = None
+    teachers: list[str] | None = None  # a student: the teachers it was distilled from (empty for a control)
+    control_of: str | None = None  # a -nodistill control: its student
+    layers: int | None = None  # a slice: layers kept
+    method: str | None = None  # an adapter: its PEFT method
+    base: str | None = None  # an adapter: the base as configured (a teacher name or a model reference)
+    base_model: str | None = None  # an adapter: the base's model reference
+    base_teacher: str | None = None  # an adapter: the teacher whose pretrained model the base is, if any
+    merged: bool | None = None  # an adapter: folded into the base weights for serving
+    source: str | None = None  # a quantized form: the candidate it was made from
+    device: str | None = None  # a quantized form runs where it was made (cpu | cuda)
+    dtype: str | None = None  # ... and as it was made (fp32, int8, bf16, fp16)
+
+    @classmethod
+    def from_summary(cls, summary: dict) -> dict[str, Any]:
+        """The facts present in a training stage's ``summary.json`` (absent ones stay absent)."""
+        return {key: summary[key] for key in cls.model_fields if key in summary}
+
+
+class LeaderboardRow(Record):
+    """One candidate in ``leaderboard.json`` (the contract's fields; add new ones here)."""
+
+    name: str
+    kind: str
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    params: int | None = None
+    trainable_params: int | None = None
+    size_mb: float | None = None
+    latency_ms: float | None = None
+    latency_p95_ms: float | None = None
+    throughput_per_s: float | None = None
+    device: str | None = None  # where it was measured: cpu | cuda
+    dtype: str | None = None  # the weights' dtype when measured
+    source: str | None = None  # a quantized form: the candidate it was made from
+
+    @classmethod
+    def contract(cls, row: dict) -> dict[str, Any]:
+        """``row`` reduced to the leaderboard's fields, in their order (missing ones are null)."""
+        return {key: row.get(key) for key in cls.model_fields}
+
+
+class CandidateRow(LeaderboardRow, TrainingFacts):
+    """A candidate's ``metrics.json``: the leaderboard fields, the training facts and the details the
+    report draws (per-class scores, confusion matrix, latency settings)."""
+
+    labels: list[str] | None = None
+    confusion_matrix: list[list[int]] | None = None
+    per_class: dict[str, dict[str, float | int]] | None = None
+
+
+class Leaderboard(Record):
+    """``leaderboard.json``."""
+
+    metric: str
+    tolerance: float
+    recommended: str | None
+    reason: str = ""
+    candidates: list[LeaderboardRow]
