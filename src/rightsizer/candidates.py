@@ -107,6 +107,11 @@ def slices(config: "RunConfig") -> list[Candidate]:
     return [slice_candidate(config, k) for k in config.probe.finetune_slices]
 
 
+def slice_placeholder(config: "RunConfig") -> str:
+    """How an auto slice will be named, for listings made before the probe has run: ``<model>-L<k>``."""
+    return f"{_short(config.probe.model)}-L<k>" if config.probe is not None else "<model>-L<k>"
+
+
 def prompting(config: "RunConfig") -> list[Candidate]:
     """One row per (causal LM, k) of ``evaluation.prompting``: ``prompt-<model>-<k>shot``."""
     from rightsizer.models import PRESETS
@@ -138,6 +143,12 @@ def every(config: "RunConfig") -> list[Candidate]:
     return trained(config) + prompting(config)
 
 
+def of_stage(config: "RunConfig", stage: str) -> list[Candidate]:
+    """The candidates ``stage`` (a :data:`rightsizer.plan.STAGES` name) makes, as far as the config says."""
+    makers = {"teacher": teachers, "distill": students, "adapters": adapters, "slice": slices, "prompting": prompting}
+    return makers[stage](config) if stage in makers else []
+
+
 def find(config: "RunConfig", stage: str, name: str | None) -> Candidate:
     """The candidate of ``stage`` called ``name`` (default: the stage's first); a UserError listing them otherwise.
 
@@ -145,7 +156,7 @@ def find(config: "RunConfig", stage: str, name: str | None) -> Candidate:
     """
     if stage == "slice":
         return _find_slice(config, name)
-    made = {"teacher": teachers, "distill": students, "adapters": adapters, "prompting": prompting}[stage](config)
+    made = of_stage(config, stage)
     what = {"teacher": "teacher", "distill": "student", "adapters": "adapter", "prompting": "prompting row"}[stage]
     if not made:
         section = {"teacher": "teachers", "distill": "students", "adapters": "adapters",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rightsizer import candidates
 from rightsizer.errors import UserError
 from rightsizer.launch.local import TAIL_LINES, LaunchError, sigterm_raises
 
@@ -181,19 +182,10 @@ def manifest(request: TrainJobRequest, runtime_kind: str = "ClusterTrainingRunti
 PLACEHOLDER_ID = "x" * 8  # the 8 random hex digits a launch appends to the job name
 
 def _members(config, stage: str) -> list[str | None]:
-    if stage == "teacher":
-        return [t.name for t in config.teachers]
-    if stage == "distill":
-        return [s.name for s in config.students] + [f"{s.name}-nodistill" for s in config.students if s.control]
-    if stage == "adapters":
-        return [a.name for a in config.adapters]
-    if config.probe is None:
-        return []
-    from rightsizer.stages.probe import slice_name
-
-    slices = config.probe.finetune_slices
-    depths = [int(s) for s in slices] if isinstance(slices, list) else []
-    return [slice_name(config, d) for d in depths] or [slice_name(config, 0).rsplit("-L", 1)[0] + "-L<k>"]
+    names = [c.name for c in candidates.of_stage(config, stage)]
+    if stage == "slice" and not names and config.probe is not None:  # auto slices: the probe picks them
+        names = [candidates.slice_placeholder(config)]
+    return names
 
 
 def planned_requests(config) -> list[TrainJobRequest]:
