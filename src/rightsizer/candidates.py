@@ -133,6 +133,20 @@ def prompting(config: "RunConfig") -> list[Candidate]:
     return rows
 
 
+def quantized_name(entry, source: str, kind: str, control: bool = False) -> str | None:
+    """The candidate quantize ``entry`` makes of candidate ``source`` (of kind ``kind``), or None when it does not
+    apply: ``of: <candidate>`` -> ``name`` or ``<source>-<suffix>``; ``of: <kind> | all`` -> ``<source>-<name or
+    suffix>`` for every candidate of that kind but the -nodistill controls."""
+    from rightsizer.quantize import METHODS
+
+    suffix = entry.name or METHODS[entry.method].suffix
+    if entry.of == source:
+        return entry.name or f"{source}-{suffix}"
+    if not control and entry.of in ("all", kind):
+        return f"{source}-{suffix}"
+    return None
+
+
 def trained(config: "RunConfig") -> list[Candidate]:
     """Every candidate a training stage makes, as far as the config says (auto slices come at run time)."""
     return teachers(config) + students(config) + adapters(config) + slices(config)

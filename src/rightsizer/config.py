@@ -522,33 +522,16 @@ class RunConfig(Strict):
         return self
 
     def controls(self) -> set[str]:
-        """Names of the students' data-only controls (``<student>-nodistill``)."""
-        return {f"{s.name}-nodistill" for s in self.students if s.control}
+        """Names of the students' data-only controls (:func:`candidates.students`)."""
+        return {c.name for c in candidates.students(self) if c.control_of is not None}
 
     def candidate_kinds(self) -> dict[str, str]:
-        """Every candidate known before the run -> its kind (slices only where finetune_slices lists depths)."""
-        kinds = {t.name: "teacher" for t in self.teachers}
-        for student in self.students:
-            kinds[student.name] = "student"
-        kinds.update({name: "student" for name in sorted(self.controls())})
-        kinds.update({a.name: "adapter" for a in self.adapters})
-        if self.probe is not None and isinstance(self.probe.finetune_slices, list):
-            base = self.probe.model.rstrip("/").rsplit("/", 1)[-1]
-            kinds.update({f"{base}-L{k}": "slice" for k in self.probe.finetune_slices})
-        return kinds
+        """Every trained candidate known before the run -> its kind (slices only where finetune_slices lists depths)."""
+        return {c.name: c.kind for c in candidates.trained(self)}
 
     def quantized_name(self, entry: "QuantizeConfig", source: str, kind: str, control: bool = False) -> str | None:
-        """The candidate ``entry`` makes of candidate ``source`` (of kind ``kind``), or None when it does not apply.
-
-        ``of: <candidate>`` -> ``name`` or ``<source>-<suffix>``; ``of: <kind> | all`` -> ``<source>-<name or suffix>``
-        for every candidate of that kind but the -nodistill controls.
-        """
-        suffix = entry.name or QUANTIZE_REGISTRY[entry.method].suffix
-        if entry.of == source:
-            return entry.name or f"{source}-{suffix}"
-        if not control and entry.of in ("all", kind):
-            return f"{source}-{suffix}"
-        return None
+        """:func:`candidates.quantized_name` (the one place quantized forms are named)."""
+        return candidates.quantized_name(entry, source, kind, control)
 
     def quantize_plan(self, source: str, kind: str, control: bool = False) -> list[tuple[str, "QuantizeConfig"]]:
         """(candidate name, entry) for every quantized form of ``source``, in config order."""
