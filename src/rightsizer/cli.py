@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -21,57 +22,125 @@ from rich.table import Table
 from rightsizer.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="rightsizer: right-size your language model, on Kubeflow.")
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="rightsizer: right-size your language model, on Kubeflow.",
+                  epilog="Start here: rightsizer run examples/demo.yaml --output runs/demo")
 console = Console(stderr=False, soft_wrap=True)
-RUN_MARKERS = ("leaderboard.json", "report.md")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rightsizer import __version__
+
+        console.print(f"rightsizer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """rightsizer: right-size your language model, on Kubeflow."""
+
+
+def example(*lines: str) -> str:
+    """A command's help epilog: how it is called."""
+    return "Example: " + "  |  ".join(lines)
 
 SetOption = typer.Option(None, "--set", "-s", help="override a config key: key.path=value (repeatable)")
 
 
-def _load(config_path: Path, overrides: Optional[list[str]]):
+def _load(config_path: Path, overrides: Optional[list[str]], check: bool = True):
+    """Load and validate a config; ``check`` also runs every up-front check (rightsizer validate)."""
     from rightsizer.config import load_config
 
-    return load_config(config_path, overrides or [])
+    config = load_config(config_path, overrides or [])
+    if check:
+        from rightsizer.validate import validate
+
+        validate(config)
+    return config
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists():
-        if not output.is_dir():
-            raise UserError(f"output '{output}' exists and is not a directory")
-        previous = any((output / marker).exists() for marker in RUN_MARKERS)
-        if any(output.iterdir()) and not previous and not overwrite:
-            raise UserError(f"output directory '{output}' exists and is not a previous rightsizer run; "
-                            "choose another or pass --overwrite")
+def _input_paths(config_path: Path, config) -> list[Path]:
+    """Local files a run reads: never inside the directory it may clear."""
+    from rightsizer.models import describe
+
+    paths = [config_path]
+    source = config.data.source
+    if ":" not in source.split("/", 1)[0]:
+        paths.append(Path(source).expanduser())
+    paths += [Path(m).expanduser() for m in [t.model for t in config.teachers] + [s.model for s in config.students]
+              if m and describe(m) == "local" and not m.startswith("package:")]
+    return paths
 
 
-@app.command()
+@app.command(epilog=example("rightsizer run examples/demo.yaml --output runs/demo",
+                            "rightsizer run my.yaml -o runs/my --resume"))
 def run(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
-    output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="where the report and models go"),
+    output: Path = typer.Option(Path("runs/latest"), "--output", "-o", help="run directory for the report and models"),
     overrides: Optional[list[str]] = SetOption,
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an output dir that is not a previous run"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a previous run in --output (never other files)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed run in --output: finished stage tasks "
+                                "are reused, a killed training stage restarts from its last checkpoint"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also show KFP's and the stages' own output"),
 ) -> None:
     """Run the whole pipeline locally (kfp.local SubprocessRunner, no cluster)."""
+    import signal
+
+    from rightsizer import rundir
     from rightsizer.pipeline import collect_outputs, run_local
+    from rightsizer.progress import ConsoleStream
 
     config = _load(config_path, overrides)
-    output = output.expanduser().resolve()
-    _check_output(output, overwrite)
-    partial = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    output = Path(os.path.abspath(output.expanduser()))
+    run_dir = rundir.claim(output, config.to_json(), overwrite=overwrite, resume=resume,
+                           inputs=_input_paths(config_path, config))
     started = time.time()
+    verb = "resuming" if run_dir.resuming else "running"
+    console.print(f"[bold]rightsizer[/] {verb} [cyan]{config.name}[/] on {config.data.source} -> {output}", highlight=False)
+    console.print(f"log: {run_dir.log}", highlight=False)
+    stream = ConsoleStream(run_dir.log, verbose=verbose)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        console.print(f"[bold]rightsizer[/] running [cyan]{config.name}[/] on {config.data.source} (local KFP runner)")
-        run_dir = run_local(config, partial / "kfp")
-        result = partial / "result"
-        result.mkdir(parents=True)
-        collect_outputs(run_dir, result)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(result, output)
+        kfp_run = run_local(config, run_dir.pipeline_root, stream=stream, resume_dir=run_dir.resume_dir)
+        stream.close()
+        collect_outputs(kfp_run, output)
+    except UserError:
+        stream.close()
+        run_dir.discard()
+        raise
+    except KeyboardInterrupt:
+        stream.close()
+        kept = run_dir.finished_records()
+        if not kept:
+            run_dir.discard()
+            raise Interrupted("interrupted") from None
+        run_dir.mark("interrupted")
+        raise Interrupted(f"interrupted; {kept} finished stage task(s) are kept in '{output}': continue with "
+                          f"rightsizer run {config_path} --output {output} --resume") from None
+    except Exception as exc:
+        stream.close()
+        run_dir.mark("failed")
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # KFP colours its messages
+        raise Bug(f"the run failed (a bug, not your input): {plain[:300]}; details in "
+                  f"{run_dir.log}; after a fix, continue with --resume") from exc
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+    run_dir.finish()
     _print_run(output, time.time() - started)
+
+
+class Interrupted(UserError):
+    exit_code = 130
+
+
+class Bug(Exception):
+    """A failure that is not the user's: one line and exit 1 (the traceback is in the run's log)."""
 
 
 def _print_run(output: Path, elapsed: float) -> None:
@@ -91,16 +160,6 @@ def _print_run(output: Path, elapsed: float) -> None:
         table.add_row(row.name + star, row.kind, number(row.accuracy, ".3f"), number(row.macro_f1, ".3f"),
                       number(row.latency_ms, ".2f"), number(row.params, ","))
     console.print(table)
-    timings = Table(title="time per stage", title_justify="left")
-    timings.add_column("stage")
-    timings.add_column("name")
-    timings.add_column("seconds", justify="right")
-    summaries = sorted((StageSummary.model_validate(read_json(p)) for p in (output / "stages").rglob("summary.json")),
-                       key=lambda s: s.finished_at or "")
-    summaries.append(StageSummary.model_validate(read_json(output / "summary.json")))
-    for summary in summaries:
-        timings.add_row(summary.stage, summary.name or "", f"{summary.duration_s or 0:.1f}")
-    console.print(timings)
     console.print(f"total {elapsed:.0f} s")
     details = read_json(output / "report.json") if (output / "report.json").exists() else {}
     if board.recommended:
@@ -116,7 +175,53 @@ def _print_run(output: Path, elapsed: float) -> None:
     console.print(f"report: {report if report.exists() else output / 'report.md'}")
 
 
-@app.command("compile")
+@app.command("validate", epilog=example("rightsizer validate examples/demo.yaml",
+                                         "rightsizer validate my.yaml --set teachers.0.model=./my-bert"))
+def validate_command(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
+    overrides: Optional[list[str]] = SetOption,
+    data: bool = typer.Option(True, "--data/--no-data", help="also read the data (local and built-in sources)"),
+) -> None:
+    """Every check that can be made before training, in seconds: config, models (no weights), data."""
+    from rightsizer.validate import validate
+
+    config = _load(config_path, overrides, check=False)
+    report = validate(config, data=data)
+    console.print(f"[green]ok[/] {config_path}: {', '.join(report.checked)} ({report.seconds:.1f} s, nothing trained)",
+                  highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+
+
+@app.command(epilog=example('rightsizer predict runs/demo --text "great phone, poor battery"',
+                            "rightsizer predict runs/demo --candidate student-2l --file new.csv -o predictions.jsonl"))
+def predict(
+    target: Path = typer.Argument(..., metavar="RUN_DIR|MODEL_DIR", help="a run directory, or a saved model directory"),
+    texts: Optional[list[str]] = typer.Option(None, "--text", "-t", help="a text to classify (repeatable)"),
+    pairs: Optional[list[str]] = typer.Option(None, "--pair", help="pair tasks: the second text of each --text"),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="texts: .txt (one a line) or csv/tsv/jsonl/json/parquet"),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="the file's text column (default: the run's)"),
+    candidate: Optional[str] = typer.Option(None, "--candidate", "-c", help="a leaderboard row (default: the recommended one)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write predictions to .jsonl or .csv instead"),
+) -> None:
+    """Classify new texts with the recommended (or a named) candidate of a run."""
+    from rightsizer import predict as predicting
+
+    model_dir, name, settings = predicting.resolve(target, candidate)
+    inputs = predicting.read_inputs(texts, pairs, file, text_column or settings.get("text_column"),
+                                    settings.get("text_pair_column"))
+    rows = predicting.predict(model_dir, inputs, settings.get("max_length"))
+    if output is not None:
+        predicting.write(rows, output)
+        console.print(f"wrote {len(rows)} prediction(s) by {name} to {output}", highlight=False)
+        return
+    console.print(f"[dim]model: {name} ({model_dir})[/]", highlight=False)
+    for row in rows:
+        shown = row["text"] if len(row["text"]) <= 60 else row["text"][:57] + "..."
+        print(f"{row['label']}\t{row['probability']:.3f}\t{shown}")  # tab-separated: label, probability, text
+
+
+@app.command("compile", epilog=example("rightsizer compile examples/demo.yaml -o pipeline.yaml"))
 def compile_command(
     config_path: Path = typer.Argument(..., metavar="CONFIG"),
     output: Path = typer.Option(..., "--output", "-o", help="pipeline YAML to write"),
@@ -146,7 +251,7 @@ KubeContextOption = typer.Option(None, "--kube-context", help="take the bearer t
 ServiceAccountOption = typer.Option(None, "--service-account", help="k8s ServiceAccount for the run's pods")
 
 
-@app.command()
+@app.command(epilog=example("rightsizer submit my.yaml --host http://localhost:8080 --experiment sizing"))
 def submit(
     config_path: Path = typer.Argument(..., metavar="CONFIG"),
     host: Optional[str] = HostOption,
@@ -166,7 +271,7 @@ def submit(
     console.print(f"submitted run {result.run_id}: {result.url}")
 
 
-@app.command()
+@app.command(epilog=example('rightsizer schedule my.yaml --host http://localhost:8080 --cron "0 0 3 * * *"'))
 def schedule(
     config_path: Path = typer.Argument(..., metavar="CONFIG"),
     cron: str = typer.Option(..., "--cron", help="six fields, seconds first: \"0 0 3 * * *\" = daily at 03:00"),
@@ -192,7 +297,7 @@ def schedule(
                   f"(pipeline {result.pipeline_id}, version {result.pipeline_version_id}): {result.url}")
 
 
-@app.command()
+@app.command(epilog=example("rightsizer tensorboard runs/demo", "rightsizer tensorboard s3://rightsizer/runs/demo"))
 def tensorboard(
     target: str = typer.Argument(..., metavar="RUN_DIR_OR_S3_URI", help="run/stage directory or s3://bucket/prefix"),
     port: int = typer.Option(6006, "--port", help="0 picks a free port"),
@@ -208,7 +313,7 @@ def tensorboard(
                 allow_empty=allow_empty, announce=console.print)
 
 
-@app.command()
+@app.command(epilog=example("rightsizer manifests kfp | kubectl apply -f -"))
 def manifests(
     overlay: str = typer.Argument(..., help="kfp | standalone (under k8s/overlays) or a kustomize directory"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the YAML here instead of stdout"),
@@ -238,7 +343,9 @@ def _stage_help() -> str:
     return f"Run one stage by hand (the same function a pipeline task runs).\n\n{lines}"
 
 
-@app.command(help=_stage_help())
+@app.command(help=_stage_help(),
+             epilog=example("rightsizer stage prepare -c my.yaml --out work/data",
+                            "rightsizer stage teacher -c my.yaml --in work/data --out work/teacher"))
 def stage(
     name: str = typer.Argument(..., help="the stage (listed above)"),
     config_path: Path = typer.Option(..., "--config", "-c"),
@@ -306,17 +413,16 @@ def stage(
     console.print(f"{name} done -> {out}" + (f" ({summary.get('duration_s')} s)" if isinstance(summary, dict) and summary.get("duration_s") else ""))
 
 
-@app.command()
+@app.command(epilog=example("rightsizer presets"))
 def presets() -> None:
-    """List model presets and pipeline presets."""
+    """List model presets and pipeline presets, one line each."""
     from rightsizer.models import preset_table
 
-    table = Table(title="model presets", title_justify="left")
-    table.add_column("name")
-    table.add_column("description")
-    for row in preset_table():
-        table.add_row(row["name"], row["description"])
-    console.print(table)
+    console.print("[bold]model presets[/] (model: NAME)")
+    rows = preset_table()
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        console.print(f"  {row['name']:<{width}}  {row['description']}", highlight=False)
     directory = Path(__file__).resolve().parents[2] / "pipelines" / "presets"
     try:
         import rightsizer_pipelines
@@ -326,14 +432,12 @@ def presets() -> None:
         pass
     files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
     if files:
-        pipelines = Table(title="pipeline presets", title_justify="left")
-        pipelines.add_column("preset", no_wrap=True)
-        pipelines.add_column("what", overflow="fold")
+        console.print(f"[bold]pipeline presets[/] ({directory})")
+        width = max(len(file.stem) for file in files)
         for file in files:
             first = next((line.lstrip("# ").strip() for line in file.read_text().splitlines() if line.startswith("#")), "")
-            pipelines.add_row(file.stem, first)
-        console.print(pipelines)
-        console.print(f"files: {directory}  (run one: rightsizer run {directory}/NAME.yaml --output runs/NAME)")
+            console.print(f"  {file.stem:<{width}}  {first}", highlight=False, overflow="ellipsis", no_wrap=True)
+        console.print(f"run one: rightsizer run {directory}/NAME.yaml --output runs/NAME", highlight=False)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -345,13 +449,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             return code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except Bug as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     except SystemExit as exc:  # typer/click exit codes
         return int(exc.code or 0)
     except Exception as exc:  # click usage errors (typer may vendor its own click) are user errors too
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `rightsizer` (or `rightsizer stage`): help was shown
+            return 0
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             message = " ".join(str(exc.format_message()).split())
             print(f"error: {message}", file=sys.stderr)

@@ -25,6 +25,12 @@ from rightsizer.quantize import METHODS as QUANTIZE_REGISTRY
 from rightsizer.plan import RESOURCE_KEYS, launching_keys, resource_chain
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+RUN_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+PATTERN_WORDS = {
+    NAME_PATTERN: "up to 63 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. lora-q)",
+    RUN_NAME_PATTERN: "up to 63 lowercase letters, digits or '-', starting and ending with a letter or digit "
+                      "(it names the KFP pipeline; e.g. my-run-2)",
+}
 ADAPTER_METHODS = tuple(ADAPTER_REGISTRY)  # lora, rslora, dora, adalora, ia3, loha, lokr, oft, prefix, prompt
 QUANTIZE_METHODS = tuple(QUANTIZE_REGISTRY)  # dynamic_int8, onnx_fp32, onnx_int8, static_int8, bf16, fp16
 CANDIDATE_KINDS = ("teacher", "student", "adapter", "slice")  # what quantize.of may name besides a candidate or all
@@ -48,6 +54,21 @@ class DataConfig(Strict):
     max_eval_samples: int | None = Field(None, ge=1, description="stratified subsample of validation and test")
     dedupe: bool = Field(True, description="drop validation/test rows whose text (case, whitespace and punctuation "
                          "aside) is also in train; card.json counts them and every duplicate found")
+    delimiter: str | None = Field(None, min_length=1, max_length=1, description="CSV delimiter (default: detected "
+                                  "among , ; tab |)")
+    encoding: str | None = Field(None, description="text file encoding (default: UTF-8), e.g. latin-1, cp1252")
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            import codecs
+
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, latin-1, cp1252, utf-16") from None
+        return value
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":
@@ -394,7 +415,7 @@ class StorageConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str = Field("rightsizer", pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", description="lowercase, digits, '-'")
+    name: str = Field("rightsizer", pattern=RUN_NAME_PATTERN, description="lowercase, digits, '-'")
     seed: int = Field(42, ge=0)
     image: str | None = Field(None, description="container image for every stage without GPUs (default: $RIGHTSIZER_IMAGE, "
                               "else the published CPU image)")
@@ -592,7 +613,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except OSError as exc:
         raise UserError(f"cannot read config '{path}': {exc.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise UserError(f"config '{path}': {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -603,6 +626,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not isinstance(raw, dict):
         raise UserError(f"config '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}")
     return config_from_dict(raw, overrides, origin=str(path))
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise DuplicateKeyError(f"key '{key}' appears twice in one section (lines {seen[key]} and {line}); "
+                                        "keep one")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def config_from_dict(raw: dict, overrides: list[str] | None = None, origin: str = "config") -> RunConfig:
@@ -737,6 +780,9 @@ def format_validation_error(exc: ValidationError, limit: int = 3) -> str:
             got = error.get("input")
             hint = did_you_mean(got, re.findall(r"'([^']+)'", expected)) if isinstance(got, str) else ""
             messages.append(f"'{key}' must be one of {expected}, got {got!r}{hint}")
+        elif kind == "string_pattern_mismatch":
+            rule = PATTERN_WORDS.get(error.get("ctx", {}).get("pattern"), "use letters, digits, '.', '_' and '-'")
+            messages.append(f"'{key}' {error.get('input')!r} is not a valid name: {rule}")
         else:
             msg = error["msg"].removeprefix("Value error, ")
             got = error.get("input")

@@ -49,7 +49,7 @@ def load_source(data: DataConfig) -> Loaded:
         return _load_s3(source, data)
     if "://" in source:
         raise UserError(f"data.source '{source}': unsupported scheme; use a local path, builtin:NAME, hf:NAME or s3://bucket/key")
-    return load_path(Path(source).expanduser())
+    return load_path(Path(source).expanduser(), data.delimiter, data.encoding)
 
 
 def _load_builtin(name: str) -> Loaded:
@@ -101,27 +101,93 @@ def _load_s3(uri: str, data: DataConfig) -> Loaded:
     if fetch is None:
         raise UserError("s3:// sources are not yet supported in this version; download the file and give a local path")
     local = Path(tempfile.mkdtemp(prefix="rightsizer-data-"))
-    return load_path(fetch(uri, local))
+    return load_path(fetch(uri, local), data.delimiter, data.encoding)
 
 
-def read_table(path: Path) -> pd.DataFrame:
+DELIMITERS = ",;\t|"
+
+
+def _text(path: Path, encoding: str | None) -> str:
+    """The file's text; a decoding failure names the byte and suggests data.encoding."""
+    try:
+        return path.read_text(encoding=encoding or "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if encoding:
+            raise UserError(f"'{path}' is not valid {encoding} (byte {exc.object[exc.start]:#04x} at position "
+                            f"{exc.start}); check data.encoding") from None
+        raise UserError(f"'{path}' is not UTF-8 (byte {exc.object[exc.start]:#04x} at position {exc.start}); "
+                        "set data.encoding to its encoding, e.g. latin-1 or cp1252") from None
+
+
+def _delimiter(text: str, given: str | None) -> str:
+    """The CSV delimiter: data.delimiter, else sniffed from the first lines among , ; tab |."""
+    if given:
+        return given
+    import csv
+
+    try:
+        return csv.Sniffer().sniff(text[:65536], delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _json_lines(path: Path, text: str) -> pd.DataFrame:
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise UserError(f"'{path}' line {number} is not valid JSON: {str(exc).split(':')[0]}") from None
+        if not isinstance(record, dict):
+            raise UserError(f"'{path}' line {number} holds a JSON {_json_type(record)}; each line must be an object "
+                            '{"text": ..., "label": ...}')
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _json(path: Path, text: str) -> pd.DataFrame:
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        if "Extra data" in str(exc):  # several documents: JSON lines in a .json file
+            return _json_lines(path, text)
+        raise UserError(f"'{path}' is not valid JSON: {exc}") from None
+    if isinstance(document, list) and all(isinstance(row, dict) for row in document):
+        return pd.DataFrame.from_records(document)
+    if isinstance(document, dict) and document and all(isinstance(v, list) for v in document.values()):
+        if len({len(v) for v in document.values()}) != 1:
+            raise UserError(f"'{path}' maps columns to lists of different lengths; every column needs one value per row")
+        return pd.DataFrame(document)
+    shown = _json_type(document) if not isinstance(document, list) else "array that is not a list of objects"
+    raise UserError(f"'{path}' holds a JSON {shown}; give a list of records "
+                    '([{"text": ..., "label": ...}, ...]), an object of columns, or JSON lines')
+
+
+def read_table(path: Path, delimiter: str | None = None, encoding: str | None = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
     kind = READERS.get(suffix)
     if kind is None:
         raise UserError(f"'{path}': unsupported file type '{suffix or '(none)'}'; use {one_of(READERS)}")
     try:
-        if kind == "csv":
-            return pd.read_csv(path, keep_default_na=True)
-        if kind == "tsv":
-            return pd.read_csv(path, sep="\t")
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        text = _text(path, encoding)
+        if not text.strip():
+            raise UserError(f"'{path}' is empty")
         if kind == "jsonl":
-            return pd.read_json(path, lines=True)
+            return _json_lines(path, text)
         if kind == "json":
-            try:
-                return pd.read_json(path)
-            except ValueError:
-                return pd.read_json(path, lines=True)
-        return pd.read_parquet(path)
+            return _json(path, text)
+        import io
+
+        sep = "\t" if kind == "tsv" and not delimiter else _delimiter(text, delimiter)
+        return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=True)
     except UserError:
         raise
     except pd.errors.EmptyDataError:
@@ -132,11 +198,11 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"cannot read '{path}' as {kind}: {str(exc).splitlines()[0][:200]}") from None
 
 
-def load_path(path: Path) -> Loaded:
+def load_path(path: Path, delimiter: str | None = None, encoding: str | None = None) -> Loaded:
     if not path.exists():
         raise UserError(f"data file '{path}' not found")
     if path.is_file():
-        return Loaded({"all": read_table(path)})
+        return Loaded({"all": read_table(path, delimiter, encoding)})
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in READERS)
     splits: dict[str, pd.DataFrame] = {}
     for file in files:
@@ -145,10 +211,10 @@ def load_path(path: Path) -> Loaded:
             continue
         if split in splits:
             raise UserError(f"'{path}' has two files for the {split} split; keep one")
-        splits[split] = read_table(file)
+        splits[split] = read_table(file, delimiter, encoding)
     if not splits:
         if len(files) == 1:
-            return Loaded({"all": read_table(files[0])})
+            return Loaded({"all": read_table(files[0], delimiter, encoding)})
         found = ", ".join(p.name for p in files) or "no data files"
         raise UserError(f"directory '{path}' needs train/validation/test files (e.g. train.csv, test.csv); found: {found}")
     if "train" not in splits:
@@ -162,13 +228,27 @@ def load_path(path: Path) -> Loaded:
 
 def _check_columns(frame: pd.DataFrame, wanted: dict[str, str | None], split: str) -> None:
     columns = [str(c) for c in frame.columns]
+    where = "the data" if split == "all" else f"the {split} data"
     for key, column in wanted.items():
         if column is not None and column not in frame.columns:
-            where = "the data" if split == "all" else f"the {split} data"
+            hint = ""
+            if len(columns) == 1:
+                seen = [d for d in DELIMITERS if d in columns[0]]
+                if seen:
+                    hint = f" (the file looks {seen[0]!r}-delimited: set data.delimiter: {seen[0]!r})"
             raise UserError(
                 f"column '{column}' (data.{key}) not found in {where}{did_you_mean(column, columns)}; "
-                f"columns: {', '.join(columns) or 'none'}"
+                f"columns: {', '.join(columns) or 'none'}{hint}"
             )
+    for key, column in wanted.items():
+        if column is None:
+            continue
+        nested = frame[column].map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+        if nested.any():
+            value = frame[column][nested.idxmax()]
+            kind = "struct (dict)" if isinstance(value, dict) else f"list ({type(value).__name__})"
+            raise UserError(f"column '{column}' (data.{key}) in {where} holds {kind} values, e.g. {str(value)[:60]!r}; "
+                            "text and label columns must hold single strings or numbers: flatten it first")
 
 
 def _is_blank(series: pd.Series) -> pd.Series:
@@ -189,6 +269,10 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
         if pair_column is None:
             pair_column = loaded.defaults["text_pair_column"]
     wanted = {"text_column": text_column, "text_pair_column": pair_column, "label_column": data.label_column}
+    if data.label_column in (text_column, pair_column):
+        which = "data.text_column" if data.label_column == text_column else "data.text_pair_column"
+        raise UserError(f"data.label_column and {which} are both '{data.label_column}'; the label must be a column of "
+                        "its own (set data.label_column to the column holding the classes)")
 
     cleaned: dict[str, pd.DataFrame] = {}
     dropped = {"empty_text": 0, "missing_label": 0, "unlabeled": 0}
@@ -228,6 +312,14 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
                         f"and {dropped['missing_label']} with no label")
 
     label_names = _label_names(cleaned, loaded.label_names)
+    if "train" in cleaned:  # splits given as files: every label they use must be learnable from train
+        known = {_label_key(v, loaded.label_names) for v in cleaned["train"]["label"]}
+        for split, frame in cleaned.items():
+            unseen = sorted({_label_key(v, loaded.label_names) for v in frame["label"]} - known)
+            if split != "train" and unseen:
+                shown = ", ".join(map(repr, unseen[:5])) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+                raise UserError(f"{split} has labels {shown} not in train; a classifier cannot learn a label it never "
+                                f"sees: add training rows of it or drop those rows from {split}")
     if len(label_names) < 2:
         raise UserError(f"the data has only one class ({label_names[0]!r}); a classifier needs at least two")
     index_of = {name: i for i, name in enumerate(label_names)}

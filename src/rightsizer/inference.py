@@ -77,9 +77,15 @@ def predict_logits(model, tokenizer, split, max_length: int, batch_size: int = 1
     logits = None
     extra: list = [None] * len(texts)
     model.eval()
+    from rightsizer import progress
+
+    batches = batches_by_length(lengths, batch_size)
+    bar = progress.StepProgress(progress.current_label(), "inference", len(batches)) if progress.enabled() else None
     started = time.perf_counter()
     with torch.inference_mode():
-        for index in batches_by_length(lengths, batch_size):
+        for number, index in enumerate(batches, 1):
+            if bar is not None:
+                bar.update(number, force=number == len(batches))
             features = [{k: encoded[k][i] for k in encoded.keys()} for i in index]
             batch = tokenizer.pad(features, return_tensors="pt")
             batch = {k: v.to(device) for k, v in batch.items()}

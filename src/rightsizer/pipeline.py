@@ -262,10 +262,18 @@ def compile_pipeline(config: RunConfig, output: str | Path) -> Path:
     if output.suffix not in (".yaml", ".yml", ".json"):
         raise UserError(f"compile output '{output}' must end in .yaml or .json")
     check_devices(config, local=False)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    from rightsizer.rundir import fs_error
+
     tmp = output.with_name(f".{output.name}.tmp{output.suffix}")
-    compiler.Compiler().compile(build_pipeline(config), str(tmp))
-    os.replace(tmp, output)
+    pipeline = build_pipeline(config)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        compiler.Compiler().compile(pipeline, str(tmp))
+        os.replace(tmp, output)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise fs_error(exc, output, "the pipeline to") from None
     return output
 
 
@@ -313,26 +321,54 @@ def local_threads() -> int:
     return max(1, available_cores() // 2)
 
 
-def run_local(config: RunConfig, pipeline_root: str | Path) -> Path:
-    """Run the pipeline with ``kfp.local.SubprocessRunner`` in this environment; return the run's dir."""
+def run_local(config: RunConfig, pipeline_root: str | Path, stream=None, resume_dir: str | Path | None = None) -> Path:
+    """Run the pipeline with ``kfp.local.SubprocessRunner`` in this environment; return the run's dir.
+
+    ``stream`` (a :class:`rightsizer.progress.ConsoleStream`) receives everything KFP and the tasks print,
+    in place of stdout/stderr; ``resume_dir`` keeps a record of every finished task (``--resume``).
+    """
+    import contextlib
+
     from kfp import local
 
     from rightsizer.quantize import check_devices
 
     check_devices(config, local=True)  # before anything trains
+
+    from rightsizer import progress
+    from rightsizer.component_runtime import RESUME_ENV
+
     pipeline_root = Path(pipeline_root)
     pipeline_root.mkdir(parents=True, exist_ok=True)
     # kfp.local runs two loop iterations at once: each task gets half the cores, which avoids OpenMP
     # oversubscription (10x slower on a 2-core machine). A user's own OMP_NUM_THREADS wins.
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(local_threads()))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    pipeline = build_pipeline(config, local=True)
-    with _error_file() as errors, _timing_lock(pipeline_root):
+    with contextlib.ExitStack() as stack:
+        if stream is not None:
+            stack.enter_context(contextlib.redirect_stdout(stream))
+            stack.enter_context(contextlib.redirect_stderr(stream))
+            stack.enter_context(_environment(progress.PROGRESS_ENV, "1"))
+        if resume_dir is not None:
+            stack.enter_context(_environment(RESUME_ENV, str(resume_dir)))
+        errors = stack.enter_context(_error_file())
+        stack.enter_context(_timing_lock(pipeline_root))
+        import warnings
+
+        stack.enter_context(warnings.catch_warnings())
+        if stream is not None:
+            warnings.simplefilter("default")  # to the log, once each
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+        pipeline = build_pipeline(config, local=True)
         try:
             pipeline()
-        except Exception as exc:  # the local runner raises RuntimeError naming the failed task
+        except BaseException as exc:  # the local runner raises RuntimeError naming the failed task
+            if stream is not None:
+                stream.stop_tasks()
+            if not isinstance(exc, Exception):
+                raise
             message = errors.read_text().strip().splitlines() if errors.exists() else []
+            message = message or (stream.errors if stream is not None else [])
             if message:
                 raise UserError(message[0]) from None
             raise RuntimeError(f"pipeline failed: {exc}") from exc

@@ -80,24 +80,29 @@ def layer_maps(student: StudentConfig, student_config, bundle: dict) -> list[dic
     """The student -> teacher layer map for each teacher, checked against both models' depths (configs only)."""
     from transformers import AutoConfig
 
-    from rightsizer.train.distill import uniform_layer_map
-
     student_layers = int(student_config.num_hidden_layers)
     maps = []
     for entry in bundle["teachers"]:
         name = entry["name"]
         teacher_layers = int(AutoConfig.from_pretrained(str(teacher_model_dir(bundle, name))).num_hidden_layers)
-        layer_map = dict(student.layer_map) if student.layer_map else uniform_layer_map(student_layers, teacher_layers)
-        bad_student = sorted(k for k in layer_map if k >= student_layers)
-        bad_teacher = sorted(v for v in layer_map.values() if v >= teacher_layers)
-        if bad_student:
-            raise UserError(f"student '{student.name}': layer_map names student layer {bad_student[0]} but the student "
-                            f"has {student_layers} layers (0-{student_layers - 1})")
-        if bad_teacher:
-            raise UserError(f"student '{student.name}': layer_map names teacher layer {bad_teacher[0]} but teacher "
-                            f"'{name}' has {teacher_layers} layers (0-{teacher_layers - 1})")
-        maps.append(layer_map)
+        maps.append(checked_layer_map(student, student_layers, name, teacher_layers))
     return maps
+
+
+def checked_layer_map(student: StudentConfig, student_layers: int, teacher: str, teacher_layers: int) -> dict[int, int]:
+    """The student's layer map (given, or uniform) against both depths; UserError names the layer out of range."""
+    from rightsizer.train.distill import uniform_layer_map
+
+    layer_map = dict(student.layer_map) if student.layer_map else uniform_layer_map(student_layers, teacher_layers)
+    bad_student = sorted(k for k in layer_map if k >= student_layers)
+    bad_teacher = sorted(v for v in layer_map.values() if v >= teacher_layers)
+    if bad_student:
+        raise UserError(f"student '{student.name}': layer_map names student layer {bad_student[0]} but the student "
+                        f"has {student_layers} layers (0-{student_layers - 1})")
+    if bad_teacher:
+        raise UserError(f"student '{student.name}': layer_map names teacher layer {bad_teacher[0]} but teacher "
+                        f"'{teacher}' has {teacher_layers} layers (0-{teacher_layers - 1})")
+    return layer_map
 
 
 def distillation_setup(config: RunConfig, student: StudentConfig, bundle: dict, model, tokenizer) -> tuple[dict, dict]:

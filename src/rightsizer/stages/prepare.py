@@ -13,6 +13,11 @@ from rightsizer.outputs import stage_output
 def run(config: RunConfig, output_dir: str | Path) -> dict:
     with stage_output(output_dir, "prepare", config, name="data") as out:
         dataset, card = prepare_dataset(config.data, config.seed)
+        if config.evaluation.prompting is not None:  # the verbalizer and template against the data, before training
+            from rightsizer.stages.prompting import resolve_verbalizer, template_for
+
+            resolve_verbalizer(config.evaluation.prompting.verbalizer, card["label_names"])
+            template_for(config.evaluation.prompting, card["pair_task"])
         save_prepared(dataset, card, out.work)
         out.summary.update({"rows": card["rows"], "label_names": card["label_names"], "dropped_rows": card["dropped_rows"],
                             "duplicates_removed": card["leakage"]["removed"]})

@@ -180,6 +180,11 @@ def fine_tune(
     meter = meter_callback(model, train_set["length"], samples_per_step=per_step, gpus=world if on_gpu else 0,
                            bf16=bf16, print_every=on_gpu)
     extra_callbacks = [meter]
+    from rightsizer import progress
+
+    bar = progress.trainer_callback(progress.current_label())  # the console's progress bar in a local run
+    if bar is not None:
+        extra_callbacks.append(bar)
     if writer is not None:
         extra_callbacks.append(TensorBoardCallback(tb_writer=writer))
     trainer_cls = trainer_cls or Trainer

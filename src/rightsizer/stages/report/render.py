@@ -49,7 +49,17 @@ def _data_line(card: dict, code: bool = False) -> str:
     rows = card.get("rows", {})
     source = f"`{card.get('source', '?')}`" if code else card.get("source", "?")
     return (f"Data: {source} — {rows.get('train', '?')} train / {rows.get('validation', '?')} validation / "
-            f"{rows.get('test', '?')} test rows, {card.get('num_labels', '?')} classes ({', '.join(card.get('label_names', []))}).")
+            f"{rows.get('test', '?')} test rows, {card.get('num_labels', '?')} classes ({', '.join(card.get('label_names', []))})"
+            + _dropped_words(card) + ".")
+
+
+def _dropped_words(card: dict) -> str:
+    """'; dropped: 3 row(s) with empty text, ...' — every row the data lost on the way, or ''."""
+    counts = {f"row(s) with {key.replace('_', ' ')}": count for key, count in (card.get("dropped_rows") or {}).items()}
+    removed = ((card.get("leakage") or {}).get("removed") or {})
+    counts["duplicate(s) of training texts"] = sum(removed.values()) if isinstance(removed, dict) else 0
+    shown = [f"{count:,} {what}" for what, count in counts.items() if count]
+    return "; dropped: " + ", ".join(shown) if shown else ""
 
 
 def _settings_line(report: dict) -> str:
