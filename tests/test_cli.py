@@ -145,7 +145,7 @@ def test_run_and_compile_validate_first_and_validate_says_what_it_checked(tmp_pa
                         students=[{"name": "s", "from_teacher_layers": [1]}])
     code, out, err = cli(["validate", good], capsys)
     assert code == 0, err
-    assert "ok" in out and "adapter 'lora'" in out and "probe (2 layers)" in out and "data (600/90/90 rows, 3 labels)" in out
+    assert "ok" in out and "adapter 'lora'" in out and "probe (2 layers)" in out and "data (600/90/90 rows, 3 labels" in out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_config_duplicate_keys_and_names_read_as_sentences(tmp_path, capsys):
 def test_help_version_examples_and_discovery(capsys):
     from rightsizer import __version__
     from rightsizer.cli import app
-    from rightsizer.stages import STAGES
+    from rightsizer.plan import STAGES
 
     code, out, _ = cli([], capsys)
     assert code == 0 and "Usage" in out and "validate" in out and "predict" in out
