@@ -137,6 +137,7 @@ def claim(output: Path, config_json: str, *, overwrite: bool, resume: bool, inpu
                 raise UserError(f"the config differs from the one the run in '{output}' started with "
                                 f"({', '.join(changed[:5]) or 'changed'}); resume needs the same config, or pass --overwrite")
             resuming = True
+            shutil.rmtree(output / ".kfp", ignore_errors=True)  # the killed run's pipeline root; .resume is what counts
         elif overwrite:
             if foreign:
                 raise UserError(f"'{output}' holds files rightsizer did not write ({', '.join(foreign[:5])}); "
