@@ -134,6 +134,12 @@ def test_pretrained_head_with_other_labels_is_remapped_by_name_or_redrawn(tmp_pa
     # the same labels in the same order keep their head; a checkpoint without a head gets a new one
     model, _ = load_classifier(str(tmp_path / "finbert"), ["positive", "negative", "neutral"])
     assert model.head_plan["action"] == "kept" and torch.equal(model.classifier.weight, finbert.classifier.weight)
+    # an older config without `architectures` still names its labels: still remapped, not reused as is
+    shutil.copytree(tmp_path / "finbert", tmp_path / "old")
+    old_config = json.loads((tmp_path / "old" / "config.json").read_text())
+    old_config.pop("architectures")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old_config))
+    assert load_classifier(str(tmp_path / "old"), data_labels)[0].head_plan["action"] == "remapped"
     AutoModel.from_config(config).save_pretrained(str(tmp_path / "encoder"))
     tokenizer.save_pretrained(str(tmp_path / "encoder"))
     assert load_classifier(str(tmp_path / "encoder"), data_labels)[0].head_plan["action"] == "new"

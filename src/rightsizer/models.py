@@ -282,7 +282,10 @@ def head_plan(pretrained_config, label_names: list[str]) -> dict:
     saved = [str(pretrained_config.id2label[i]) for i in sorted(pretrained_config.id2label)] \
         if getattr(pretrained_config, "id2label", None) else []
     architectures = getattr(pretrained_config, "architectures", None) or []
-    has_head = any(name.endswith(("ForSequenceClassification", "ForTextClassification")) for name in architectures)
+    named = any(not re.fullmatch(r"LABEL_\d+", name) for name in saved)
+    # a classifier says so in its architectures; an older config without them, by naming its labels
+    has_head = any(name.endswith(("ForSequenceClassification", "ForTextClassification")) for name in architectures) \
+        or (not architectures and named)
     wanted = [name.lower() for name in label_names]
     lowered = [name.lower() for name in saved]
     if not has_head:
