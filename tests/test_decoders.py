@@ -158,11 +158,17 @@ def test_prompt_tuning_on_gpt2_is_refused_before_training(small_data, tmp_path):
     """GPT-2's absolute positions shift under left padding: no padding side predicts alone as in a batch."""
     from rightsizer.errors import UserError
     from rightsizer.stages import adapters
+    from rightsizer.validate import validate
 
     raw = tiny_raw(adapters=[{"name": "soft", "method": "prompt", "base": "gpt", "r": 4, "max_steps": 2}])
     raw["data"].update({"max_train_samples": 120, "max_eval_samples": 30})
     raw["teachers"] = [{"name": "gpt", "model": "tiny-gpt2-2l", "max_steps": 2}]
-    with pytest.raises(UserError, match=r"prompt tuning on GPT2ForSequenceClassification predicts differently for "
-                                        r"an input alone and in a left-padded batch"):
+    message = r"prompt tuning on GPT2ForSequenceClassification predicts differently for an input alone and in a " \
+              r"left-padded batch"
+    with pytest.raises(UserError, match=message):
         adapters.run(config_from_dict(raw), small_data, tmp_path / "soft")
     assert not (tmp_path / "soft").exists()
+    with pytest.raises(UserError, match=message):  # and `rightsizer validate` says so before anything trains
+        validate(config_from_dict(raw))
+    raw["teachers"][0]["model"] = "tiny-opt-2l"
+    assert "adapter 'soft'" in validate(config_from_dict(raw)).checked

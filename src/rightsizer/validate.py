@@ -159,7 +159,9 @@ def check_students(config: RunConfig, models: Models, report: Report) -> None:
 
 
 def check_adapters(config: RunConfig, models: Models, report: Report) -> None:
-    from rightsizer.stages.adapters import peft_config_for
+    from rightsizer.adapters_registry import METHODS
+    from rightsizer.models import describe
+    from rightsizer.stages.adapters import peft_config_for, try_on_preset
 
     for adapter in config.adapters:
         what = f"adapter '{adapter.name}'"
@@ -167,6 +169,8 @@ def check_adapters(config: RunConfig, models: Models, report: Report) -> None:
         skeleton = models.skeleton(reference, what)
         if skeleton is not None:
             peft_config_for(skeleton, adapter, total_steps=100)  # target_modules and the method, on the meta device
+        if METHODS[adapter.method].prompt_learning and describe(reference) == "preset":
+            try_on_preset(reference, adapter)  # a tiny model: the stage's padded-batch dry run costs a blink
         report.checked.append(what)
 
 

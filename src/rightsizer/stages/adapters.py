@@ -112,6 +112,24 @@ def peft_config_for(model, adapter: AdapterConfig, total_steps: int, tokenizer_d
     return peft_config
 
 
+def pad_for_method(tokenizer, method: AdapterMethod, model_config) -> None:
+    """peft hands a decoder only inputs_embeds for prompt tuning, so its head pools the last position, not the last
+    real token: pad such methods on the left so that the two are the same (saved with the tokenizer, so that
+    inference pads the same way)."""
+    if method.embeddings_only and is_causal_lm(model_config):
+        tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs: what is saved
+
+
+def try_on_preset(reference: str, adapter: AdapterConfig) -> None:
+    """Prefix/prompt tuning on a preset base: the stage's dry run on a tiny random instance (``rightsizer
+    validate``, before anything trains); UserError when the stage would refuse it."""
+    model, tokenizer = load_classifier(reference, ["a", "b"], ["a b c d e f g h"] * 8, seed=0)
+    pad_for_method(tokenizer, METHODS[adapter.method], model.config)
+    with tempfile.TemporaryDirectory(prefix="rightsizer-tokenizer-") as tokenizer_dir:
+        tokenizer.save_pretrained(tokenizer_dir)
+        build_adapter(model, tokenizer, adapter, total_steps=100, tokenizer_dir=tokenizer_dir)
+
+
 def build_adapter(model, tokenizer, adapter: AdapterConfig, total_steps: int, tokenizer_dir: str | None = None,
                   max_length: int = 32, peft_config=None):
     """Wrap ``model`` with ``adapter``'s method (head trained and saved with it); UserError when it cannot."""
@@ -262,10 +280,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         base_params, _ = count_parameters(model)
         adapter_dir, model_dir = out.work / "adapter", out.work / "model"
         total_steps = planned_steps(len(dataset["train"]), adapter)
-        if method.embeddings_only and is_causal_lm(model.config):
-            # peft hands a decoder only inputs_embeds, so its head pools the last position, not the last real
-            # token: pad on the left so that they are the same (saved with the tokenizer, so inference pads so too)
-            tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs: what is saved
+        pad_for_method(tokenizer, method, model.config)
         tokenizer.save_pretrained(tokenizer_dir)  # prompt tuning initialised from text reads it
         peft_config = peft_config_for(model, adapter, total_steps, tokenizer_dir)  # checked before any output
         save_base = describe(reference) != "hub"
