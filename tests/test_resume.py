@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rightsizer.cli import main
@@ -28,6 +29,7 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow  # two local runs of the pipeline (~2 min on 2 busy cores)
 def test_sigterm_then_resume_reuses_finished_tasks_and_the_checkpoint(tmp_path, capsys):
     raw = tiny_raw()
     raw["data"].update({"max_train_samples": 240, "max_eval_samples": 60})
@@ -55,7 +57,7 @@ def test_sigterm_then_resume_reuses_finished_tasks_and_the_checkpoint(tmp_path, 
     code = main(["run", str(config), "--output", str(out), "--resume"])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "↺ prepare" in printed and "✓ teacher" in printed  # prepare reused, the teacher finished this time
+    assert "↺ prepare" in printed and "✓ teacher" in printed, printed  # prepare reused, the teacher finished now
     teacher = next(json.loads(p.read_text()) for p in (out / "stages").rglob("summary.json")
                    if json.loads(p.read_text())["stage"] == "teacher")
     assert teacher["resumed_from"] and "checkpoint-" in teacher["resumed_from"]

@@ -102,10 +102,8 @@ def run(
     console.print(f"log: {run_dir.log}", highlight=False)
     stream = ConsoleStream(run_dir.log, verbose=verbose)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C or SIGTERM stop the running tasks at once (kfp.local would wait for them) and keep the finished ones
+    previous = {sig: signal.signal(sig, stream.interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         kfp_run = run_local(config, run_dir.pipeline_root, stream=stream, resume_dir=run_dir.resume_dir)
         stream.close()
@@ -130,7 +128,8 @@ def run(
         raise Bug(f"the run failed (a bug, not your input): {plain[:300]}; details in "
                   f"{run_dir.log}; after a fix, continue with --resume") from exc
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     run_dir.finish()
     _print_run(output, time.time() - started)
 

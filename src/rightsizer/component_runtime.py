@@ -84,6 +84,8 @@ def call(stage_run: Callable[..., Any], config_json: str, **kwargs: Any) -> Any:
     os.environ[progress.CURRENT_LABEL_ENV] = label
     records = os.environ.get(RESUME_ENV)
     record = Path(records) / key if records else None
+    if progress.stop_requested():  # the run is stopping (an error elsewhere, Ctrl-C): start nothing new
+        raise SystemExit(3)
     started = time.time()
     progress.emit("start", label=label, stage=stage)
     try:

@@ -349,6 +349,9 @@ def run_local(config: RunConfig, pipeline_root: str | Path, stream=None, resume_
             stack.enter_context(contextlib.redirect_stdout(stream))
             stack.enter_context(contextlib.redirect_stderr(stream))
             stack.enter_context(_environment(progress.PROGRESS_ENV, "1"))
+            stream.stop_file = pipeline_root / ".stop"
+            stream.stop_file.unlink(missing_ok=True)
+            stack.enter_context(_environment(progress.STOP_ENV, str(stream.stop_file)))
         if resume_dir is not None:
             stack.enter_context(_environment(RESUME_ENV, str(resume_dir)))
         errors = stack.enter_context(_error_file())

@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 PROGRESS_ENV = "RIGHTSIZER_PROGRESS"
+STOP_ENV = "RIGHTSIZER_STOP_FILE"  # once this file exists, a task that has not started yet does not start
+
+
+def stop_requested() -> bool:
+    path = os.environ.get(STOP_ENV)
+    return bool(path) and os.path.exists(path)
 PREFIX = "@@rightsizer "
 STAGE_WORDS = {"prepare": "prepare", "teacher": "teacher", "teacher_logits": "teacher-logits", "distill": "distill",
                "adapters": "adapter", "probe": "probe", "slice": "slice", "evaluate": "evaluate",
@@ -82,6 +88,7 @@ class ConsoleStream:
         self.finished = 0
         self.progress = None
         self.bars: dict[int, Any] = {}
+        self.stop_file: Path | None = None  # set by run_local: its existence keeps new tasks from starting
 
     # -- the file protocol kfp.local and logging use
     def write(self, text: str) -> int:
@@ -170,11 +177,18 @@ class ConsoleStream:
             self.progress.remove_task(self.bars.pop(pid))
 
     def _signal_running(self) -> None:
+        if self.stop_file is not None:
+            self.stop_file.touch()
         for pid in list(self.running):
             try:
                 os.kill(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
                 self.running.pop(pid, None)
+
+    def interrupt(self, signum=None, frame=None) -> None:
+        """A signal handler for SIGINT/SIGTERM: stop the tasks now (kfp.local waits for running ones), then raise."""
+        self._signal_running()
+        raise KeyboardInterrupt
 
     def stop_tasks(self) -> None:
         """Stop every task still running (after another failed, or on Ctrl-C / SIGTERM)."""
