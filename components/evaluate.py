@@ -17,7 +17,7 @@ def evaluate(config_json: str, name: str, kind: str, data: Input[Dataset], candi
     from rightsizer.stages import evaluate as stage
 
     result = call(stage.run, config_json, data_dir=data.path, candidate_dir=candidate.path,
-                  output_dir=metrics.path, name=name, kind=kind)
+                  output_dir=metrics.path, name=name, kind=kind, candidate_uri=candidate.uri)
     forms = result.get("candidates")  # a quantize stage's output: one row per quantized form
     for row in forms if forms is not None else [result]:
         prefix = f"{row['name']}_" if forms is not None else ""

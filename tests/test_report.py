@@ -239,7 +239,8 @@ def test_report_stage_writes_a_self_contained_report(tmp_path, demo_data, tiny_c
 
     on_disk = json.loads((out / "leaderboard.json").read_text())
     assert on_disk == json.loads(json.dumps(board))
-    assert set(on_disk) == {"metric", "tolerance", "recommended", "reason", "candidates"}
+    assert {"metric", "tolerance", "recommended", "reason", "candidates", "selected_on", "rule", "chance"} <= set(on_disk)
+    assert on_disk["selected_on"] == "test" and on_disk["rule"] == "tolerance"  # made-up rows have no validation scores
     assert all(tuple(candidate) == report.LEADERBOARD_KEYS for candidate in on_disk["candidates"])
     assert [c["name"] for c in on_disk["candidates"]][:2] == ["student-2l-nodistill", "teacher"]  # by score, then name
     assert on_disk["candidates"][-1]["kind"] == "baseline"
@@ -282,7 +283,7 @@ def test_report_says_honestly_when_none_qualifies(tmp_path, demo_data, tiny_conf
     rows = [row("teacher", "teacher", 0.90, 10.0, 4_400_000), row("student", "student", 0.80, 2.0, 1_000_000)]
     report.run(tiny_config(), demo_data, write_candidates(tmp_path / "metrics", rows), tmp_path / "report")
     page = (tmp_path / "report" / "report.html").read_text()
-    assert "None qualifies: no candidate within 1.0 pt of the best macro-F1 is at least 2× faster" in page
+    assert "None qualifies: no candidate within 1.0 pt of the best test macro-F1 is at least 2× faster" in page
     assert page.count("data:image/png;base64,") == 2  # no probe: Pareto + confusion only
     assert not (tmp_path / "report" / "probe.png").exists()
 

@@ -268,7 +268,13 @@ class EvaluationConfig(Strict):
 
 class ReportConfig(Strict):
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
-    tolerance: float = Field(0.01, ge=0, le=1, description="recommend the smallest candidate within this of the best")
+    tolerance: float = Field(0.01, ge=0, le=1, description="recommend the smallest candidate within this of the best "
+                             "(on validation)")
+    rule: Literal["tolerance", "not_worse"] = Field(
+        "tolerance", description="tolerance: validation score within `tolerance` of the best; not_worse: not "
+        "significantly worse than the best on validation at `confidence` (paired bootstrap)")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="level of the paired comparisons with the best and of "
+                              "the not_worse test (each score's own interval is 95 %)")
     size_by: Literal["latency", "params", "size_mb"] = "latency"
     speedup_target: float = Field(2.0, ge=1, description="the report says whether a candidate within tolerance is "
                                   "at least this many times faster than the best teacher")

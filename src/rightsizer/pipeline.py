@@ -390,7 +390,8 @@ def find_report(run_dir: Path) -> Path:
 
 
 def collect_outputs(run_dir: Path, output: Path) -> None:
-    """Copy the report and every stage's outputs (models, metrics, tb) into ``output``."""
+    """Copy the report and every stage's outputs (models, metrics, tb) into ``output``; then
+    :func:`place_models`."""
     report_dir = find_report(run_dir)
     for item in report_dir.iterdir():
         target = output / item.name
@@ -402,3 +403,23 @@ def collect_outputs(run_dir: Path, output: Path) -> None:
             continue
         relative = stage_dir.relative_to(run_dir)
         shutil.copytree(stage_dir, stages / relative, dirs_exist_ok=True)
+    place_models(run_dir, output)
+
+
+def place_models(run_dir: Path, output: Path) -> None:
+    """Point every leaderboard row's ``path`` at its model inside ``output`` (where the evaluation
+    found it under ``run_dir``, now copied to ``stages/``), and copy the recommended model's files
+    into ``output/recommended/`` beside the model card the report wrote there."""
+    from rightsizer.outputs import read_json, write_json
+
+    board_path = output / "leaderboard.json"
+    board = read_json(board_path)
+    run_dir = run_dir.resolve()
+    for row in board["candidates"]:
+        found = Path(row["path"]).resolve() if row.get("path") else None
+        row["path"] = str("stages" / found.relative_to(run_dir)) if found and found.is_relative_to(run_dir) else None
+    chosen = next((row for row in board["candidates"] if row["name"] == board.get("recommended")), None)
+    if chosen is not None and chosen["path"] and (output / chosen["path"]).is_dir():
+        shutil.copytree(output / chosen["path"], output / "recommended", dirs_exist_ok=True)
+        board["recommended_path"] = "recommended"
+    write_json(board_path, board)

@@ -82,6 +82,13 @@ class LeaderboardRow(Record):
     device: str | None = None  # where it was measured: cpu | cuda
     dtype: str | None = None  # the weights' dtype when measured
     source: str | None = None  # a quantized form: the candidate it was made from
+    val_accuracy: float | None = None  # on the validation split, which the recommendation is chosen on
+    val_macro_f1: float | None = None
+    accuracy_ci: list[float] | None = None  # [lo, hi]: 95 % bootstrap interval over the test examples
+    macro_f1_ci: list[float] | None = None
+    latency_threads: int | None = None  # CPU threads the latency was measured with
+    latency_batch_size: int | None = None  # examples per timed request
+    path: str | None = None  # its model: within the run directory after a local run, else where it was evaluated
 
     @classmethod
     def contract(cls, row: dict) -> dict[str, Any]:
@@ -96,6 +103,9 @@ class CandidateRow(LeaderboardRow, TrainingFacts):
     labels: list[str] | None = None
     confusion_matrix: list[list[int]] | None = None
     per_class: dict[str, dict[str, float | int]] | None = None
+    val_accuracy_ci: list[float] | None = None
+    val_macro_f1_ci: list[float] | None = None
+    model_uri: str | None = None  # where the evaluated model lives (an object-store URI on a cluster)
 
 
 class Leaderboard(Record):
@@ -103,6 +113,13 @@ class Leaderboard(Record):
 
     metric: str
     tolerance: float
-    recommended: str | None
+    recommended: str | None  # null when no candidate beats chance ("no usable model")
     reason: str = ""
+    selected_on: str = "validation"  # the split the recommendation was chosen on
+    rule: str = "tolerance"  # tolerance | not_worse
+    confidence: float = 0.95  # level of the paired comparisons (and of the not_worse test)
+    chance: float | None = None  # what guessing scores on that split (better of majority and stratified)
+    confirmed_on_test: bool | None = None  # the paired test interval against the best reaches the band
+    recommended_uri: str | None = None  # where the recommended model lives (object store on a cluster)
+    recommended_path: str | None = None  # a local run: its copy within the run directory ("recommended")
     candidates: list[LeaderboardRow]

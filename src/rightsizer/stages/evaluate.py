@@ -154,22 +154,26 @@ def quantized_forms(candidate_dir: Path) -> list[Path] | None:
 
 @times_itself
 def run(config: RunConfig, data_dir: str | Path, candidate_dir: str | Path, output_dir: str | Path,
-        name: str | None = None, kind: str | None = None) -> dict:
+        name: str | None = None, kind: str | None = None, candidate_uri: str | None = None) -> dict:
     """Evaluate one candidate; given a quantize stage's output, every form in it (one ``output_dir/<name>`` each),
-    returning ``{"candidates": [metrics, ...]}``."""
+    returning ``{"candidates": [metrics, ...]}``. ``candidate_uri`` says where ``candidate_dir`` lives for
+    others (the artifact's object-store URI on a cluster; default: the directory); each row records
+    its model's as ``model_uri``."""
     candidate_dir = Path(candidate_dir)
     forms = quantized_forms(candidate_dir)
     if forms is None:
-        return evaluate_candidate(config, data_dir, candidate_dir, output_dir, name, kind)
+        return evaluate_candidate(config, data_dir, candidate_dir, output_dir, name, kind, candidate_uri)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = [evaluate_candidate(config, data_dir, form, output_dir / form.name) for form in forms]
+    rows = [evaluate_candidate(config, data_dir, form, output_dir / form.name,
+                               candidate_uri=f"{candidate_uri.rstrip('/')}/{form.name}" if candidate_uri else None)
+            for form in forms]
     write_json(output_dir / FORMS_FILE, [form.name for form in forms])  # last: the report reads these rows
     return {"candidates": rows}
 
 
 def evaluate_candidate(config: RunConfig, data_dir: str | Path, candidate_dir: Path, output_dir: str | Path,
-                       name: str | None = None, kind: str | None = None) -> dict:
+                       name: str | None = None, kind: str | None = None, candidate_uri: str | None = None) -> dict:
     import torch
 
     model_dir = candidate_dir / "model"
@@ -195,6 +199,7 @@ def evaluate_candidate(config: RunConfig, data_dir: str | Path, candidate_dir: P
             "train_time_s": trained.get("train_time_s"),
             "samples_per_s": trained.get("samples_per_s"),
             "latency_threads": threads, **placement_fields(device, precision),
+            "model_uri": f"{candidate_uri.rstrip('/')}/model" if candidate_uri else str(model_dir.resolve()),
         })
         metrics.update(TrainingFacts.from_summary(trained))  # what the training stage says about the candidate
         CandidateRow.model_validate(metrics)  # the row the report and leaderboard.json rely on

@@ -30,7 +30,11 @@ from rightsizer.stages.report.decision import (
     COMPARATIVES, EPSILON, METRIC_NAMES, SIZE_KEYS, SIZE_WORDS, best_candidate, cost_statement, distillation_effects,
     find_flags, headline_metrics, pareto_front, recommend, recommendation, speed_verdict, trainable_percent, trained)
 from rightsizer.stages.report.figures import KIND_COLOURS, KINDS, plot_confusions, plot_pareto, plot_probe, slice_depth
-from rightsizer.stages.report.files import LEADERBOARD_KEYS, baseline_row, collect_metrics, headline, read_probe
+from rightsizer.stages.evaluate import read_predictions
+from rightsizer.stages.report.confidence import Evidence, decide
+from rightsizer.stages.report.files import (LEADERBOARD_KEYS, baseline_row, collect_metrics, headline, read_probe,
+                                           row_dirs)
+from rightsizer.stages.report.model_card import model_card
 from rightsizer.stages.report.render import render_html, render_markdown, table_cells
 
 __all__ = ["COMPARATIVES", "EPSILON", "KINDS", "KIND_COLOURS", "LEADERBOARD_KEYS", "METRIC_NAMES", "SIZE_KEYS",
@@ -40,29 +44,41 @@ __all__ = ["COMPARATIVES", "EPSILON", "KINDS", "KIND_COLOURS", "LEADERBOARD_KEYS
            "speed_verdict", "table_cells", "trainable_percent", "trained"]
 
 
-def build_report(rows: list[dict], config: RunConfig) -> dict:
+def build_report(rows: list[dict], config: RunConfig, evidence: Evidence | None = None, card: dict | None = None) -> dict:
     """Everything the report says, as data (saved as report.json)."""
     settings = config.report
     metric = settings.metric
-    decision = recommendation(rows, metric, settings.tolerance, settings.size_by, settings.speedup_target)
+    decision = decide(rows, settings, evidence, card, config)
+    chance = decision["chance"][metric] if decision["chance"] else None
     return {"name": config.name, "metric": metric, "tolerance": settings.tolerance, "size_by": settings.size_by,
             **decision, "pareto_front": [row["name"] for row in pareto_front(rows, metric)],
-            "flags": find_flags(rows, metric, config), "distillation": distillation_effects(rows, metric)}
+            "flags": find_flags(rows, metric, config, chance=chance, on=decision["selected_on"]),
+            "distillation": distillation_effects(rows, metric), "leakage": (card or {}).get("leakage")}
 
 
 def run(config: RunConfig, data_dir: str | Path, metrics_dirs: list[str | Path], output_dir: str | Path,
         probe_dir: str | Path | None = None) -> dict:
     dataset, card = load_prepared(data_dir)
     rows = collect_metrics(metrics_dirs)
+    evidence = Evidence.from_dataset(dataset, card["num_labels"], config.seed)
+    for directory, row in zip(row_dirs(metrics_dirs), rows):
+        evidence.add(row["name"], read_predictions(directory))
+        row.setdefault("path", row.get("model_uri"))
     rows.append(baseline_row(dataset, card))
     probe = read_probe(probe_dir)
     metric = config.report.metric
-    rows.sort(key=lambda r: (-(r.get(metric) or 0.0), r["name"]))
-    report = build_report(rows, config)
-    leaderboard = Leaderboard(metric=metric, tolerance=config.report.tolerance, recommended=report["recommended"],
-                              reason=report["reason"],
-                              candidates=[LeaderboardRow.contract(row) for row in rows]).to_json_dict()
+    report = build_report(rows, config, evidence, card)
+    chosen_on = f"val_{metric}" if report["selected_on"] == "validation" else metric
+    rows.sort(key=lambda r: (-(r.get(chosen_on) or 0.0), -(r.get(metric) or 0.0), r["name"]))
     by_name = {row["name"]: row for row in rows}
+    recommended = by_name.get(report["recommended"] or "")
+    leaderboard = Leaderboard(
+        metric=metric, tolerance=config.report.tolerance, recommended=report["recommended"], reason=report["reason"],
+        selected_on=report["selected_on"], rule=report["rule"], confidence=report["confidence"],
+        chance=report["chance"][metric] if report["chance"] else None,
+        confirmed_on_test=(report["confirmation"] or {}).get("confirmed"),
+        recommended_uri=recommended.get("model_uri") if recommended else None,
+        candidates=[LeaderboardRow.contract(row) for row in rows]).to_json_dict()
     with stage_output(output_dir, "report", config, name="report") as out:
         figures: dict[str, Path] = {}
         if plot_pareto(rows, metric, report, config.report.tolerance, out.work / "pareto.png"):
@@ -74,6 +90,12 @@ def run(config: RunConfig, data_dir: str | Path, metrics_dirs: list[str | Path],
             write_json(out.work / "probe.json", probe)
             if plot_probe(probe, rows, metric, out.work / "probe.png"):
                 figures["probe"] = out.work / "probe.png"
+        if recommended is not None:  # its model card; a local run copies the model beside it (pipeline.place_models)
+            (out.work / "recommended").mkdir()
+            (out.work / "recommended" / "README.md").write_text(model_card(recommended, report, card, config))
+            write_json(out.work / "recommended" / "metrics.json", recommended)
+            if leaderboard["recommended_uri"]:
+                print(f"recommended model: {recommended['name']} at {leaderboard['recommended_uri']}")
         write_json(out.work / "leaderboard.json", leaderboard)
         write_json(out.work / "candidates.json", rows)
         write_json(out.work / "report.json", report)

@@ -7,6 +7,7 @@ no files, no plots, no config loading — every rule here is tested on hand-made
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from rightsizer import candidates
 from rightsizer.config import RunConfig
@@ -95,7 +96,8 @@ def cost_statement(best: dict, chosen: dict, cost: dict, metric: str) -> str:
 
 
 def recommendation(rows: list[dict], metric: str, tolerance: float, size_by: str = "latency",
-                   speedup_target: float = 2.0) -> dict:
+                   speedup_target: float = 2.0, admissible: Callable[[dict, dict], bool] | None = None,
+                   band: str | None = None, on: str | None = None) -> dict:
     """The decision and its costs.
 
     ``recommended`` is the smallest candidate by ``size_by`` whose ``metric`` is within
@@ -103,6 +105,9 @@ def recommendation(rows: list[dict], metric: str, tolerance: float, size_by: str
     points of quality lost, times faster (p50 latency), times smaller (parameters, disk).
     ``speed`` says whether any candidate within tolerance is at least ``speedup_target`` times
     faster than the best teacher, or that none qualifies.
+
+    ``admissible(row, best)`` replaces the tolerance test (the ``not_worse`` rule), ``band`` says in
+    words what it admits ("not significantly worse than"), ``on`` names the split the scores are from.
     """
     if size_by not in SIZE_KEYS:
         raise UserError(f"report.size_by must be one of {', '.join(SIZE_KEYS)}, not '{size_by}'")
@@ -115,9 +120,10 @@ def recommendation(rows: list[dict], metric: str, tolerance: float, size_by: str
                 "speed": {"meets_target": False, "target": speedup_target, "qualifying": [],
                           "statement": "None qualifies: there is no trained candidate."}}
     floor = best[metric] - tolerance - EPSILON
-    within = [row for row in pool if row[metric] >= floor]
+    within = [row for row in pool if (admissible(row, best) if admissible else row[metric] >= floor) or row is best]
     chosen = min(within, key=lambda row: (_size(row, size_key), -row[metric], row["name"]))
-    name = METRIC_NAMES.get(metric, metric)
+    name = (f"{on} " if on else "") + METRIC_NAMES.get(metric, metric)
+    band = band or f"within {_points(tolerance)} of"
     cost = {
         "quality_points_lost": round(100 * (best[metric] - chosen[metric]), 4),
         "speedup": _ratio(best.get("latency_ms"), chosen.get("latency_ms")),
@@ -126,19 +132,20 @@ def recommendation(rows: list[dict], metric: str, tolerance: float, size_by: str
     }
     if chosen is best:
         others = "no other candidate" if len(pool) > 1 else "it is the only candidate, so nothing"
-        reason = (f"{chosen['name']} has the best {name} ({chosen[metric]:.4f}) and {others} within "
-                  f"{_points(tolerance)} of it is {COMPARATIVES[size_by]}")
+        reason = (f"{chosen['name']} has the best {name} ({chosen[metric]:.4f}) and {others} {band} it is "
+                  f"{COMPARATIVES[size_by]}")
     else:
-        reason = (f"{chosen['name']} is the {SIZE_WORDS[size_by]} of the {len(within)} candidates within {_points(tolerance)} "
-                  f"of the best {name} ({best['name']}, {best[metric]:.4f}), with {chosen[metric]:.4f}")
+        reason = (f"{chosen['name']} is the {SIZE_WORDS[size_by]} of the {len(within)} candidates {band} "
+                  f"the best {name} ({best['name']}, {best[metric]:.4f}), with {chosen[metric]:.4f}")
     return {"recommended": chosen["name"], "best": best["name"], "within_tolerance": [row["name"] for row in within],
             "cost": cost, "reason": reason, "cost_statement": cost_statement(best, chosen, cost, metric),
-            "speed": speed_verdict(pool, within, chosen, metric, tolerance, speedup_target)}
+            "speed": speed_verdict(pool, within, chosen, metric, tolerance, speedup_target, band, on)}
 
 
 def speed_verdict(pool: list[dict], within: list[dict], chosen: dict, metric: str, tolerance: float,
-                  target: float) -> dict:
+                  target: float, band: str | None = None, on: str | None = None) -> dict:
     """Is a candidate within tolerance at least ``target`` times faster than the best teacher?"""
+    band = band or f"within {_points(tolerance)} of"
     teachers = [row for row in pool if row.get("kind") == "teacher" and row.get("latency_ms")]
     if not teachers:
         return {"meets_target": False, "target": target, "teacher": None, "qualifying": [],
@@ -152,12 +159,12 @@ def speed_verdict(pool: list[dict], within: list[dict], chosen: dict, metric: st
                "recommended_speedup": speedups.get(chosen["name"])}
     if chosen["name"] in qualifying:
         statement = (f"{chosen['name']} is {speedups[chosen['name']]:.1f}× faster than the best teacher "
-                     f"({teacher['name']}, {teacher['latency_ms']:.2f} ms) and within {_points(tolerance)} of the best: "
+                     f"({teacher['name']}, {teacher['latency_ms']:.2f} ms) and {band} the best: "
                      f"it meets the {target:g}× target.")
     elif qualifying:
         fastest = qualifying[0]
-        statement = (f"{fastest} is {speedups[fastest]:.1f}× faster than the best teacher ({teacher['name']}) within "
-                     f"{_points(tolerance)} of the best, so the {target:g}× target is met, though not by the "
+        statement = (f"{fastest} is {speedups[fastest]:.1f}× faster than the best teacher ({teacher['name']}) "
+                     f"{band} the best, so the {target:g}× target is met, though not by the "
                      f"recommendation, which is chosen by size.")
     else:
         measured = {n: s for n, s in speedups.items() if s is not None}
@@ -170,7 +177,7 @@ def speed_verdict(pool: list[dict], within: list[dict], chosen: dict, metric: st
             tail += (f"; the best of those that are fast enough, {nearest['name']} "
                      f"({_ratio(teacher['latency_ms'], nearest['latency_ms']):.1f}×), is "
                      f"{100 * (max(row[metric] for row in within) - nearest[metric]):.1f} points below the best")
-        statement = (f"None qualifies: no candidate within {_points(tolerance)} of the best {METRIC_NAMES.get(metric, metric)} "
+        statement = (f"None qualifies: no candidate {band} the best {(on + ' ') if on else ''}{METRIC_NAMES.get(metric, metric)} "
                      f"is at least {target:g}× faster than the best teacher ({teacher['name']}, "
                      f"{teacher['latency_ms']:.2f} ms){tail}.")
     verdict["statement"] = statement
@@ -217,14 +224,26 @@ def _full_finetune_for(adapter: dict, teachers: list[dict], metric: str, config:
     return max(same or teachers, key=lambda row: (row[metric], row["name"]))
 
 
-def find_flags(rows: list[dict], metric: str, config: RunConfig | None = None) -> list[dict]:
-    """What a reader should not miss: candidates no better than the majority baseline, students
+def find_flags(rows: list[dict], metric: str, config: RunConfig | None = None, chance: float | None = None,
+               on: str = "validation") -> list[dict]:
+    """What a reader should not miss: candidates no better than chance (``chance``: their ``on``-split
+    interval does not clear it; without it, no better than the majority baseline on test), students
     distillation did not help, adapters that beat full fine-tuning."""
     name = METRIC_NAMES.get(metric, metric)
     flags = []
     baseline = next((row for row in rows if row.get("kind") == "baseline" and row.get(metric) is not None), None)
     pool = trained(rows, metric)
-    if baseline is not None:
+    if chance is not None:
+        key = f"val_{metric}" if on == "validation" else metric
+        for row in pool:
+            interval = row.get(f"{key}_ci")
+            low = interval[0] if interval else row.get(key)
+            if low is not None and low <= chance + EPSILON:
+                shown = f"{row[key]:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+                flags.append({"flag": "below_chance", "candidate": row["name"],
+                              "message": f"{row['name']} is no better than chance ({on} {name} {shown} vs {chance:.4f} "
+                                         "by guessing): it learned nothing usable and is never recommended"})
+    elif baseline is not None:
         for row in pool:
             if row[metric] <= baseline[metric] + EPSILON:
                 flags.append({"flag": "below_baseline", "candidate": row["name"],

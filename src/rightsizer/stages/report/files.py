@@ -16,14 +16,17 @@ LEADERBOARD_KEYS = tuple(LeaderboardRow.model_fields)  # leaderboard.json's fiel
 
 
 def baseline_row(dataset, card: dict) -> dict:
-    """Majority class of the training split, predicted for every test example."""
+    """Majority class of the training split, predicted for every validation and test example."""
     from rightsizer.stages.evaluate import quality_metrics
 
     train_counts = np.bincount(np.asarray(dataset["train"]["label"]), minlength=card["num_labels"])
     majority = int(train_counts.argmax())
     labels = np.asarray(dataset["test"]["label"])
     metrics = quality_metrics(np.full_like(labels, majority), labels, card["label_names"])
+    labels = np.asarray(dataset["validation"]["label"])
+    validation = quality_metrics(np.full_like(labels, majority), labels, card["label_names"])
     return {"name": "majority-baseline", "kind": "baseline", "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "val_accuracy": validation["accuracy"], "val_macro_f1": validation["macro_f1"],
             "params": 0, "trainable_params": 0, "size_mb": 0.0, "latency_ms": 0.0, "latency_p95_ms": 0.0,
             "throughput_per_s": None, "majority_label": card["label_names"][majority],
             "confusion_matrix": metrics["confusion_matrix"], "labels": metrics["labels"]}
@@ -42,21 +45,25 @@ def read_row(path: Path) -> dict:
     return row
 
 
-def collect_metrics(metrics_dirs: list[str | Path]) -> list[dict]:
-    """Every candidate's metrics.json; an evaluation of quantized forms holds one per form (``forms.json``)."""
+def row_dirs(metrics_dirs: list[str | Path]) -> list[Path]:
+    """The directory of every candidate's metrics.json (and predictions.json); an evaluation of
+    quantized forms holds one per form (``forms.json``)."""
     from rightsizer.stages.evaluate import FORMS_FILE
 
-    paths = []
-    for directory in metrics_dirs:
-        path = Path(directory) / "metrics.json"
-        forms = Path(directory) / FORMS_FILE
-        if path.exists():
-            paths.append(path)
-        elif forms.exists():  # the quantized forms of one source, evaluated by one task
-            paths.extend(Path(directory) / form / "metrics.json" for form in read_json(forms))
+    found = []
+    for directory in map(Path, metrics_dirs):
+        if (directory / "metrics.json").exists():
+            found.append(directory)
+        elif (directory / FORMS_FILE).exists():  # the quantized forms of one source, evaluated by one task
+            found.extend(directory / form for form in read_json(directory / FORMS_FILE))
         else:
             raise UserError(f"'{directory}' has no metrics.json; give evaluation outputs")
-    rows = [read_row(path) for path in paths]
+    return found
+
+
+def collect_metrics(metrics_dirs: list[str | Path]) -> list[dict]:
+    """Every candidate's metrics.json, in the order of :func:`row_dirs`."""
+    rows = [read_row(directory / "metrics.json") for directory in row_dirs(metrics_dirs)]
     seen: dict[str, int] = {}
     for row in rows:
         seen[row["name"]] = seen.get(row["name"], 0) + 1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rightsizer import __version__
+from rightsizer.stages.report.confidence import points
 from rightsizer.stages.report.decision import _fmt_percent, _points, trainable_percent
 
 def _fmt(value, digits: int = 4) -> str:
@@ -25,8 +26,9 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 FIGURE_CAPTIONS = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
-TABLE_COLUMNS = ("rank", "candidate", "kind", "accuracy", "macro-F1", "latency p50 (ms)", "p95 (ms)", "throughput (/s)",
-                 "params", "trainable", "size (MB)", "train time (s)", "Pareto")
+TABLE_COLUMNS = ("rank", "candidate", "kind", "val accuracy", "val macro-F1", "test accuracy", "test macro-F1 [95% CI]",
+                 "vs best, test (pt)", "latency p50 (ms)", "p95 (ms)", "throughput (/s)", "params", "trainable",
+                 "size (MB)", "train time (s)", "Pareto")
 
 
 def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
@@ -36,13 +38,64 @@ def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
     for rank, row in enumerate(rows, 1):
         marks = (" ⭐" if row["name"] == report["recommended"] else "") + (" (best)" if row["name"] == report["best"] else "")
         measured = row.get("kind") != "baseline"  # the baseline's zeros are not measurements
-        cells.append([str(rank), row["name"] + marks, row["kind"], _fmt(row.get("accuracy")), _fmt(row.get("macro_f1")),
+        difference = ((report.get("comparisons") or {}).get(row["name"]) or {}).get("test")
+        cells.append([str(rank), row["name"] + marks, row["kind"], _fmt(row.get("val_accuracy")), _fmt(row.get("val_macro_f1")),
+                      _fmt(row.get("accuracy")), _with_interval(row.get("macro_f1"), row.get("macro_f1_ci")),
+                      _difference(difference) if difference else "",
                       *(_fmt(row.get(key), digits) if measured else "–" for key, digits in
                         (("latency_ms", 3), ("latency_p95_ms", 3), ("throughput_per_s", 1), ("params", 4))),
                       _fmt_percent(trainable_percent(row)) if measured else "–",
                       _fmt(row.get("size_mb"), 2) if measured else "–", _fmt(row.get("train_time_s"), 1),
                       "●" if row["name"] in front else ""])
     return cells
+
+
+def _with_interval(value, interval) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _difference(compared: dict) -> str:
+    low, high = compared["interval"]
+    return f"{points(compared['difference'])} [{points(low)}, {points(high)}]"
+
+
+def leakage_line(card: dict) -> str | None:
+    """What prepare found and removed between the splits, in one sentence (None before the check existed)."""
+    leakage = card.get("leakage")
+    if not leakage:
+        return None
+    removed = leakage.get("removed", {})
+    found = leakage.get("normalised", {})
+    parts = [f"{removed.get('validation', 0)} validation and {removed.get('test', 0)} test rows duplicating a training "
+             f"text {'removed' if leakage.get('dedupe') else 'kept (data.dedupe: false)'}"]
+    if not leakage.get("dedupe"):
+        parts = [f"{found.get('validation_in_train', 0)} validation and {found.get('test_in_train', 0)} test rows "
+                 "duplicate a training text (kept: data.dedupe is false)"]
+    parts.append(f"{found.get('test_in_validation', 0)} test rows repeat a validation text")
+    within = found.get("within", {})
+    parts.append(f"repeats within splits: {within.get('train', 0)} train, {within.get('validation', 0)} validation, "
+                 f"{within.get('test', 0)} test")
+    if "shared_members" in leakage:
+        shared = leakage["shared_members"]
+        parts.append(f"pairs sharing a text with a training pair: {shared.get('validation', 0)} validation, "
+                     f"{shared.get('test', 0)} test")
+    return "Leakage check (case, spacing and punctuation aside): " + "; ".join(parts) + "."
+
+
+def comparison_lines(report: dict) -> list[str]:
+    """'student-2l: −0.8 pt [−2.1, +0.4] vs teacher on test (validation: ...)' for every compared candidate."""
+    lines = []
+    for name, compared in (report.get("comparisons") or {}).items():
+        if "test" in compared:
+            line = compared["test"]["line"] + " on test"
+            if "validation" in compared:
+                low, high = compared["validation"]["interval"]
+                line += (f" (validation: {points(compared['validation']['difference'])} pt "
+                         f"[{points(low)}, {points(high)}])")
+            lines.append(line)
+    return lines
 
 
 def _data_line(card: dict, code: bool = False) -> str:
@@ -63,20 +116,35 @@ def _dropped_words(card: dict) -> str:
 
 
 def _settings_line(report: dict) -> str:
-    return (f"Metric: {report['metric']} on the test split; tolerance: {report['tolerance']:g} ({_points(report['tolerance'])}); "
-            f"size measured by {report['size_by']}; speed target: {report['speed']['target']:g}× faster than the best teacher.")
+    selected_on = report.get("selected_on", "test")
+    rule = ("not significantly worse than the best (paired bootstrap at "
+            f"{report.get('confidence', 0.95):.0%})" if report.get("rule") == "not_worse" else
+            f"within {_points(report['tolerance'])} (tolerance {report['tolerance']:g}) of the best")
+    chance = report.get("chance")
+    chance_text = (f"; chance: {chance[report['metric']]:.4f} ({chance['by'][report['metric']]} guessing), a "
+                   "candidate whose interval does not clear it is never recommended" if chance else "")
+    return (f"Metric: {report['metric']}, chosen on the {selected_on} split"
+            + (" and confirmed on test" if selected_on == "validation" else "") + f"; rule: {rule}{chance_text}; "
+            f"size measured by {report['size_by']}; speed target: {report['speed']['target']:g}× faster than the best "
+            "teacher. Intervals are 95 % bootstrap intervals over the examples; differences are paired (same examples).")
 
 
 def render_markdown(report: dict, rows: list[dict], card: dict, figures: dict[str, str]) -> str:
+    leakage = leakage_line(card)
     lines = [f"# rightsizer report: {report['name']}", "", _data_line(card, code=True), "",
-             "## Recommendation", ""]
+             *([leakage, ""] if leakage else []), "## Recommendation", ""]
     if report["recommended"]:
         lines.append("Recommended: " + report["reason"].replace(report["recommended"], f"**{report['recommended']}**", 1) + ".")
     else:
         lines.append(f"None: {report['reason']}.")
+    if report.get("confirmation"):
+        lines += ["", report["confirmation"]["statement"]]
     if report["cost_statement"]:
         lines += ["", report["cost_statement"]]
     lines += ["", report["speed"]["statement"], "", _settings_line(report), ""]
+    compared = comparison_lines(report)
+    if compared:
+        lines += [f"## Against the best ({report['best']}), on the same examples", ""] + [f"- {line}" for line in compared] + [""]
     if report["flags"]:
         lines += ["## Flags", ""] + [f"- ⚠️ {flag['message']}." for flag in report["flags"]] + [""]
     lines += ["## Leaderboard", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
@@ -117,17 +185,25 @@ def render_html(report: dict, rows: list[dict], card: dict, figures: dict[str, P
     e = html.escape
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>rightsizer report: {e(report['name'])}</title><style>{HTML_STYLE}</style></head><body>",
-             f"<h1>rightsizer report: {e(report['name'])}</h1>", f'<p class="muted">{e(_data_line(card))}</p>',
-             "<h2>Recommendation</h2>"]
+             f"<h1>rightsizer report: {e(report['name'])}</h1>", f'<p class="muted">{e(_data_line(card))}</p>']
+    if leakage_line(card):
+        parts.append(f'<p class="muted">{e(leakage_line(card))}</p>')
+    parts.append("<h2>Recommendation</h2>")
     if report["recommended"]:
         name = e(report["recommended"])
         parts.append(f'<div class="box"><p>Recommended: {e(report["reason"]).replace(name, f"<strong>{name}</strong>", 1)}.</p>')
     else:
         parts.append(f'<div class="box none"><p>None: {e(report["reason"])}.</p>')
+    if report.get("confirmation"):
+        parts.append(f"<p>{e(report['confirmation']['statement'])}</p>")
     if report["cost_statement"]:
         parts.append(f"<p>{e(report['cost_statement'])}</p>")
     parts.append(f"<p>{e(report['speed']['statement'])}</p></div>")
     parts.append(f'<p class="muted">{e(_settings_line(report))}</p>')
+    if comparison_lines(report):
+        parts.append(f"<h2>Against the best ({e(report['best'])}), on the same examples</h2><ul>")
+        parts += [f"<li>{e(line)}</li>" for line in comparison_lines(report)]
+        parts.append("</ul>")
     if report["flags"]:
         parts.append('<h2>Flags</h2><ul class="flags">')
         parts += [f"<li>⚠️ {e(flag['message'])}.</li>" for flag in report["flags"]]

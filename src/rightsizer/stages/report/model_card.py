@@ -1,0 +1,78 @@
+"""The recommended model's card: ``recommended/README.md`` beside its weights, tokenizer and metrics.
+
+Says what a person picking the model up needs: the data it was trained and judged on, its quality
+on validation and test with 95 % intervals (and against the best candidate, paired), latency, size,
+how it was made (its config section, rightsizer version) and how to load it.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from rightsizer import __version__
+from rightsizer.outputs import git_commit
+
+
+def candidate_config(name: str, config) -> tuple[str, dict] | None:
+    """(section, settings) that made the candidate ``name``, from the run's config."""
+    for section in ("teachers", "students", "adapters"):
+        for item in getattr(config, section):
+            if item.name == name:
+                return section, item.model_dump(mode="json", exclude_defaults=True)
+    for student in config.students:
+        if name == f"{student.name}-nodistill":
+            return "students (data-only control: alpha 0, no teacher)", student.model_dump(mode="json", exclude_defaults=True)
+    if config.probe is not None and name.rsplit("-L", 1)[-1].isdigit():
+        return "probe (a slice of the base, fine-tuned)", config.probe.model_dump(mode="json", exclude_defaults=True)
+    if config.evaluation.prompting is not None and name.startswith("prompt-"):
+        return "evaluation.prompting", config.evaluation.prompting.model_dump(mode="json", exclude_defaults=True)
+    return None
+
+
+def _interval(value, interval) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+
+
+def model_card(row: dict, report: dict, card: dict, config) -> str:
+    """``README.md`` for the recommended candidate ``row``."""
+    name = row["name"]
+    rows = card.get("rows", {})
+    removed = (card.get("leakage") or {}).get("removed") or {}
+    lines = [f"# {name}", "",
+             f"Recommended by rightsizer for the run `{report['name']}`: {report['reason']}.", "",
+             "## Data", "",
+             f"`{card.get('source', '?')}` — {rows.get('train', '?')} train / {rows.get('validation', '?')} validation / "
+             f"{rows.get('test', '?')} test rows; {card.get('num_labels', '?')} classes: "
+             f"{', '.join(card.get('label_names', []))}."]
+    if any(removed.values()):
+        lines.append(f"Validation and test rows duplicating a training text were removed ({removed.get('validation', 0)} "
+                     f"and {removed.get('test', 0)}).")
+    lines += ["", "## Quality (95 % bootstrap intervals)", "", "| split | accuracy | macro-F1 |", "|---|---:|---:|",
+              f"| validation (chosen on) | {_interval(row.get('val_accuracy'), row.get('val_accuracy_ci'))} | "
+              f"{_interval(row.get('val_macro_f1'), row.get('val_macro_f1_ci'))} |",
+              f"| test (confirmed on) | {_interval(row.get('accuracy'), row.get('accuracy_ci'))} | "
+              f"{_interval(row.get('macro_f1'), row.get('macro_f1_ci'))} |", ""]
+    comparison = (report.get("comparisons") or {}).get(name, {}).get("test")
+    if comparison and report.get("best") and report["best"] != name:
+        lines += [f"Against the best candidate, {report['best']}, on the same test examples: {comparison['line']}.", ""]
+    latency = row.get("latency_ms")
+    lines += ["## Cost", "",
+              f"- latency: {latency if latency is not None else '–'} ms p50, {row.get('latency_p95_ms', '–')} ms p95 per "
+              f"example (batches of {row.get('latency_batch_size', '?')}, {row.get('latency_threads', '?')} CPU "
+              f"thread(s), tokenization included)",
+              f"- throughput: {row.get('throughput_per_s', '–')} examples/s in large batches",
+              f"- parameters: {row.get('params', '–'):,}" if isinstance(row.get("params"), int) else "- parameters: –",
+              f"- size on disk: {row.get('size_mb', '–')} MB", ""]
+    made = candidate_config(name, config)
+    lines += ["## How it was made", "", f"A {row.get('kind', 'model')} candidate"
+              + (f", from the config's `{made[0]}`:" if made else ".")]
+    if made:
+        lines += ["", "```yaml", yaml.safe_dump(made[1], sort_keys=False).strip(), "```"]
+    commit = git_commit()
+    lines += ["", f"rightsizer {__version__}" + (f" (git {commit})" if commit else "") + f", seed {config.seed}.", "",
+              "## Use", "", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
+              'model = AutoModelForSequenceClassification.from_pretrained("recommended")',
+              'tokenizer = AutoTokenizer.from_pretrained("recommended")', "```", ""]
+    return "\n".join(lines)
