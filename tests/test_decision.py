@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -155,3 +156,21 @@ def test_recommended_model_is_placed_loads_and_predicts_what_was_evaluated(tmp_p
         logits, _, _ = predict_logits(model, tokenizer, dataset["test"], config.data.max_length)
     evaluated = evaluate.read_predictions(run_dir / "for-loop-1" / "evaluate" / "metrics")
     assert logits.argmax(-1).tolist() == evaluated["test"].tolist()
+
+
+def test_pareto_labels_never_overlap(tmp_path):
+    from rightsizer.stages.report.figures import _figure, place_labels, text_box
+
+    figure = _figure(7.5, 4.8)
+    axes = figure.add_subplot()
+    crowd = [(1.0 + 0.02 * i, 0.80 + 0.001 * i, f"candidate-number-{i}", i == 3) for i in range(9)]
+    crowd += [(5.0, 0.9, "teacher", False), (5.0, 0.9005, "teacher-int8", False)]
+    axes.scatter([x for x, *_ in crowd], [y for _, y, *_ in crowd])
+    axes.set_xlim(0, 7)
+    axes.set_ylim(0.7, 1.0)
+    labels = place_labels(axes, crowd)
+    renderer = figure.canvas.get_renderer()
+    boxes = [text_box(label, renderer) for label in labels]
+    assert len(boxes) == len(crowd)
+    assert not [(a, b) for a, b in itertools.combinations(range(len(boxes)), 2) if boxes[a].overlaps(boxes[b])]
+    figure.savefig(tmp_path / "crowd.png")

@@ -148,7 +148,8 @@ def _print_run(output: Path, elapsed: float) -> None:
 
     board = Leaderboard.model_validate(read_json(output / "leaderboard.json"))
     table = Table(title="leaderboard", title_justify="left")
-    for column in ("candidate", "kind", "accuracy", "macro-F1", "latency ms", "params"):
+    metric = board.metric.replace("macro_f1", "macro-F1")
+    for column in ("candidate", "kind", f"val {metric}", f"test {metric} [95% CI]", "latency ms", "params"):
         table.add_column(column, justify="left" if column in ("candidate", "kind") else "right")
 
     def number(value, spec: str) -> str:
@@ -156,16 +157,21 @@ def _print_run(output: Path, elapsed: float) -> None:
 
     for row in board.candidates:
         star = " ⭐" if row.name == board.recommended else ""
-        table.add_row(row.name + star, row.kind, number(row.accuracy, ".3f"), number(row.macro_f1, ".3f"),
+        interval = getattr(row, f"{board.metric}_ci")
+        table.add_row(row.name + star, row.kind, number(getattr(row, f"val_{board.metric}"), ".3f"),
+                      number(getattr(row, board.metric), ".3f") + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""),
                       number(row.latency_ms, ".2f"), number(row.params, ","))
     console.print(table)
     console.print(f"total {elapsed:.0f} s")
     details = read_json(output / "report.json") if (output / "report.json").exists() else {}
     if board.recommended:
-        console.print(f"[bold green]recommended:[/] {board.recommended} — {board.reason}.")
+        console.print(f"[bold green]recommended:[/] {board.recommended} — {board.reason}.", highlight=False)
     else:
-        console.print(f"[bold yellow]no recommendation:[/] {board.reason}.")
-    for line in (details.get("cost_statement"), (details.get("speed") or {}).get("statement")):
+        console.print(f"[bold yellow]no recommendation:[/] {board.reason}.", highlight=False)
+    if board.recommended_path:
+        console.print(f"model: {output / board.recommended_path} (from_pretrained; model card README.md)", highlight=False)
+    for line in ((details.get("confirmation") or {}).get("statement"), details.get("cost_statement"),
+                 (details.get("speed") or {}).get("statement")):
         if line:
             console.print(line)
     for flag in details.get("flags", []):

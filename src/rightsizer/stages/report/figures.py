@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.text import Text
 
 from rightsizer.candidates import KINDS
 from rightsizer.stages.report.decision import METRIC_NAMES, _points, pareto_front, trained
@@ -25,15 +26,20 @@ def slice_depth(row: dict) -> int | None:
 
 
 def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)  # a renderer to measure text with (label placement)
+    return figure
 
 
 def plot_pareto(rows: list[dict], metric: str, decision: dict, tolerance: float, path: Path) -> bool:
     """Quality against p50 latency: marker area = parameters, colour = kind, the Pareto front as a
     staircase, the tolerance band under the best, the baseline as a line, the recommendation ringed."""
-    pool = [row for row in trained(rows, metric) if row.get("latency_ms") is not None]
+    key = f"val_{metric}" if decision.get("selected_on") == "validation" else metric  # the split chosen on
+    pool = [{**row, metric: row[key], "interval": row.get(f"{key}_ci")} for row in trained(rows, metric)
+            if row.get("latency_ms") is not None and row.get(key) is not None]
     if not pool:
         return False
     name = METRIC_NAMES.get(metric, metric)
@@ -50,6 +56,11 @@ def plot_pareto(rows: list[dict], metric: str, decision: dict, tolerance: float,
             axes.scatter([row["latency_ms"] for row in group], [row[metric] for row in group],
                          s=[area(row) for row in group], c=KIND_COLOURS[kind], alpha=0.7, edgecolors="white",
                          linewidths=0.8, label=kind, zorder=3)
+    for row in pool:
+        if row["interval"]:
+            low, high = row["interval"]
+            axes.errorbar([row["latency_ms"]], [row[metric]], yerr=[[row[metric] - low], [high - row[metric]]], fmt="none",
+                          ecolor=KIND_COLOURS.get(row["kind"], "#17becf"), alpha=0.45, linewidth=1, capsize=2, zorder=2)
     others = [row for row in pool if row["kind"] not in KINDS]
     if others:
         axes.scatter([row["latency_ms"] for row in others], [row[metric] for row in others],
@@ -73,14 +84,17 @@ def plot_pareto(rows: list[dict], metric: str, decision: dict, tolerance: float,
         axes.axhspan(best[metric] - tolerance, best[metric], color="#2ca02c", alpha=0.10, zorder=1,
                      label=f"within {_points(tolerance)} of best")
     scores = [row[metric] for row in pool] + ([best[metric] - tolerance] if best is not None else [])
+    scores += [end for row in pool if row["interval"] for end in row["interval"]]
     margin = max(max(scores) - min(scores), 0.02) * 0.12
     low, high = min(scores) - margin, max(scores) + margin
-    baseline = next((row for row in rows if row.get("kind") == "baseline" and row.get(metric) is not None), None)
-    if baseline is not None and baseline[metric] >= low:
-        axes.axhline(baseline[metric], color=KIND_COLOURS["baseline"], linestyle=":", linewidth=1.2,
-                     label="majority baseline", zorder=1)
-    elif baseline is not None:  # far below every candidate: say so rather than squash the axis
-        axes.plot([], [], color=KIND_COLOURS["baseline"], linestyle=":", label=f"majority baseline {baseline[metric]:.3f} (off the axis)")
+    baseline = next((row for row in rows if row.get("kind") == "baseline" and row.get(key) is not None), None)
+    floor, floor_label = (baseline[key], "majority baseline") if baseline is not None else (None, "")
+    if decision.get("chance"):
+        floor, floor_label = decision["chance"][metric], f"chance ({decision['chance']['by'][metric]} guessing)"
+    if floor is not None and floor >= low:
+        axes.axhline(floor, color=KIND_COLOURS["baseline"], linestyle=":", linewidth=1.2, label=floor_label, zorder=1)
+    elif floor is not None:  # far below every candidate: say so rather than squash the axis
+        axes.plot([], [], color=KIND_COLOURS["baseline"], linestyle=":", label=f"{floor_label} {floor:.3f} (off the axis)")
     axes.set_ylim(low, high)
     chosen = next((row for row in pool if row["name"] == decision.get("recommended")), None)
     if chosen is not None:
@@ -89,19 +103,60 @@ def plot_pareto(rows: list[dict], metric: str, decision: dict, tolerance: float,
     points: dict[tuple[float, float], list[dict]] = {}
     for row in pool:  # one label per point: candidates that coincide share it
         points.setdefault((row["latency_ms"], row[metric]), []).append(row)
-    for (latency, score), together in points.items():
-        axes.annotate(", ".join(row["name"] for row in together), (latency, score), textcoords="offset points",
-                      xytext=(8, 6), fontsize=8, weight="bold" if chosen in together else "normal")
     latencies = [row["latency_ms"] for row in pool if row["latency_ms"] > 0]
     if latencies and max(latencies) / min(latencies) > 20:
         axes.set_xscale("log")
     axes.set_xlabel("latency p50 (ms per example)")
-    axes.set_ylabel(f"{name} (test)")
+    axes.set_ylabel(f"{name} ({decision.get('selected_on') or 'test'}, 95% interval)")
     axes.set_title(f"{name} against latency — marker area ∝ parameters")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8, markerscale=0.5, framealpha=0.85)
+    place_labels(axes, [(latency, score, ", ".join(row["name"] for row in together), chosen in together)
+                        for (latency, score), together in points.items()])
     figure.savefig(path)
     return True
+
+
+def text_box(label, renderer):
+    """Where an annotation's text is drawn, in pixels (its leader line aside)."""
+    label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
+
+
+def place_labels(axes, points: list[tuple[float, float, str, bool]]) -> list:
+    """Label each point ``(x, y, text, bold)`` so that no two labels overlap each other, the legend or
+    the frame: try the four corners next to the point, then further up or down step by step (with a
+    leader line), and keep the first free place. Returns the annotations."""
+    figure = axes.figure
+    figure.draw_without_rendering()  # settle the layout first: positions are measured on the final axes
+    figure.set_layout_engine("none")
+    renderer = figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    legend = axes.get_legend()
+    taken = [legend.get_window_extent(renderer)] if legend is not None else []
+    labels = []
+    for x, y, text, bold in sorted(points, key=lambda point: (-point[1], point[0])):
+        label = None
+        for step in range(14):
+            for dx, dy in ((8, 5), (8, -13), (-8, 5), (-8, -13)):
+                shift = 11 * step * (1 if dy > 0 else -1)
+                label = axes.annotate(text, (x, y), xytext=(dx, dy + shift), textcoords="offset points", fontsize=8,
+                                      ha="left" if dx > 0 else "right", weight="bold" if bold else "normal",
+                                      arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.6} if step else None)
+                box = text_box(label, renderer)
+                inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+                if inside and not any(box.overlaps(other) for other in taken):
+                    break
+                label.remove()
+                label = None
+            if label is not None:
+                break
+        if label is None:  # nowhere free within reach: the first place, overlapping rather than lost
+            label = axes.annotate(text, (x, y), xytext=(8, 5), textcoords="offset points", fontsize=8,
+                                  weight="bold" if bold else "normal")
+        taken.append(text_box(label, renderer).expanded(1.04, 1.15))
+        labels.append(label)
+    return labels
 
 
 def plot_confusions(rows: list[dict], path: Path) -> bool:
