@@ -55,14 +55,15 @@ def tiny_overrides() -> list[str]:
 
 @pytest.mark.slow
 def test_full_demo_graph_runs_locally(tmp_path, capsys):
-    """The demo's whole graph: teacher, student (+control), two adapters, probe, a slice, report."""
+    """The demo's whole graph: teacher, student (+control), two adapters, probe, a slice, the student in int8, report."""
     code = main(["run", str(REPO / "examples" / "demo.yaml"), "--output", str(tmp_path / "demo"),
                  *[arg for o in tiny_overrides() for arg in ("--set", o)]])
     assert code == 0, capsys.readouterr().err
     board = json.loads((tmp_path / "demo" / "leaderboard.json").read_text())
     kinds = {c["name"]: c["kind"] for c in board["candidates"]}
     assert kinds == {"teacher": "teacher", "student-2l": "student", "student-2l-nodistill": "student",
-                     "lora-qv": "adapter", "ia3": "adapter", "teacher-L2": "slice", "majority-baseline": "baseline"}
+                     "lora-qv": "adapter", "ia3": "adapter", "teacher-L2": "slice",
+                     "student-2l-onnx-int8": "quantized", "majority-baseline": "baseline"}
     assert board["recommended"] in kinds
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html

@@ -180,3 +180,14 @@ def test_compiled_pipeline_places_quantize_after_its_source(tmp_path, monkeypatc
     assert quantize_executor["container"]["resources"]["accelerator"]["resourceCount"] == "1"
     report_inputs = next(t for t in spec["root"]["dag"]["tasks"].values() if t["componentRef"]["name"] == "comp-report")
     assert {"quantized_teacher_metrics", "quantized_student_metrics"} <= set(report_inputs["inputs"]["artifacts"])
+
+
+def test_of_a_kind_or_a_candidate_called_like_one(tiny_config):
+    teachers = [{"name": "teacher", "model": "tiny-bert-2l"}, {"name": "t2", "model": "tiny-bert-2l"}]
+    config = tiny_config(teachers=teachers, quantize=[{"of": "teacher", "method": "onnx_int8"}])
+    assert [name for name, _ in config.quantize_plan("teacher", "teacher")] == ["teacher-onnx-int8"]
+    assert config.quantize_plan("t2", "teacher") == []  # the teacher called "teacher", not every teacher
+    students = [{"name": "s", "model": "tiny-bert-2l"}]
+    config = tiny_config(students=students, quantize=[{"of": "student", "method": "dynamic_int8", "name": "q"}])
+    assert [name for name, _ in config.quantize_plan("s", "student")] == ["s-q"]
+    assert config.quantize_plan("s-nodistill", "student", control=True) == []  # controls only by name

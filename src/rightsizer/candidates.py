@@ -133,16 +133,17 @@ def prompting(config: "RunConfig") -> list[Candidate]:
     return rows
 
 
-def quantized_name(entry, source: str, kind: str, control: bool = False) -> str | None:
+def quantized_name(entry, source: str, kind: str, control: bool = False, names=()) -> str | None:
     """The candidate quantize ``entry`` makes of candidate ``source`` (of kind ``kind``), or None when it does not
     apply: ``of: <candidate>`` -> ``name`` or ``<source>-<suffix>``; ``of: <kind> | all`` -> ``<source>-<name or
-    suffix>`` for every candidate of that kind but the -nodistill controls."""
+    suffix>`` for every candidate of that kind but the -nodistill controls. ``names``: the run's candidates; one
+    called like a kind (a teacher called ``teacher``) is meant by that name, not the kind."""
     from rightsizer.quantize import METHODS
 
     suffix = entry.name or METHODS[entry.method].suffix
     if entry.of == source:
         return entry.name or f"{source}-{suffix}"
-    if not control and entry.of in ("all", kind):
+    if not control and (entry.of == "all" or (entry.of == kind and entry.of not in names)):
         return f"{source}-{suffix}"
     return None
 

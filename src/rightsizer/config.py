@@ -558,7 +558,7 @@ class RunConfig(Strict):
 
     def quantized_name(self, entry: "QuantizeConfig", source: str, kind: str, control: bool = False) -> str | None:
         """:func:`candidates.quantized_name` (the one place quantized forms are named)."""
-        return candidates.quantized_name(entry, source, kind, control)
+        return candidates.quantized_name(entry, source, kind, control, names=self.candidate_kinds())
 
     def quantize_plan(self, source: str, kind: str, control: bool = False) -> list[tuple[str, "QuantizeConfig"]]:
         """(candidate name, entry) for every quantized form of ``source``, in config order."""
