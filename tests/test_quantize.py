@@ -146,13 +146,24 @@ def test_bad_input_exits_2_before_any_training(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for entry, message in (({"of": "nobody", "method": "onnx_int8"}, "names no candidate"),
-                           ({"of": "teacher", "method": "fp16"}, "needs a GPU and this machine has none")):
+                           ({"of": "teacher", "method": "fp16"}, "needs a GPU: this machine has none")):
         config = tmp_path / "c.yaml"
         config.write_text(yaml.safe_dump(tiny_raw(quantize=[entry])))
         assert main(["run", str(config), "--output", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
         assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_validate_refuses_half_precision_without_a_gpu_here_or_requested(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_raw(quantize=[{"of": "teacher", "method": "bf16"}])))
+    assert main(["validate", str(config)]) == 2
+    assert "needs a GPU: this machine has none" in capsys.readouterr().err
+    assert main(["validate", str(config), "--set", "resources.quantize.gpus=1"]) == 0  # for a cluster run
 
 
 def test_compiled_pipeline_places_quantize_after_its_source(tmp_path, monkeypatch, capsys):

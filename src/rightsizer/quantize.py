@@ -77,14 +77,23 @@ def gpu_methods(config) -> list[str]:
             if METHODS[entry.method].device == "cuda"]
 
 
-def check_devices(config, local: bool) -> None:
+def check_devices(config, local: bool | None) -> None:
     """Half-precision methods need a GPU: refuse them up front where none will be there.
 
     Locally that is when ``torch.cuda`` sees no device; on a cluster when ``resources.quantize``
-    requests no GPU (its quantize and evaluate tasks run there).
+    requests no GPU (its quantize and evaluate tasks run there); ``local=None`` (validate, which may
+    precede either): when neither has one.
     """
     wanted = gpu_methods(config)
     if not wanted:
+        return
+    if local is None:
+        import torch
+
+        if not config.resources.for_stage("quantize").gpus and not torch.cuda.is_available():
+            raise UserError(f"quantize {wanted[0]} needs a GPU: this machine has none (torch.cuda is unavailable) and "
+                            "resources.quantize requests none for a cluster run; set resources.quantize.gpus: 1 or "
+                            "use a CPU method (dynamic_int8, onnx_int8, static_int8)")
         return
     if local:
         import torch

@@ -210,7 +210,11 @@ def check_prompting(config: RunConfig, models: Models, report: Report) -> None:
 
 
 def check_quantize(config: RunConfig, report: Report) -> None:
-    """The config model checks that every quantize entry's `of` names candidates that will exist; say so."""
+    """The config model checks that every quantize entry's `of` names candidates that will exist; here: a
+    half-precision method needs a GPU, asked for on a cluster (resources.quantize.gpus) or present here."""
+    from rightsizer.quantize import check_devices
+
+    check_devices(config, local=None)
     if config.quantize:
         report.checked.append(f"{len(config.quantize)} quantize entr{'y' if len(config.quantize) == 1 else 'ies'}")
 
