@@ -5,7 +5,7 @@ preset so nothing is downloaded; the data are synthetic examples long enough to 
 (512) tokens, so the figure is about the GPU, not about padding. Training goes through the stage itself
 (``rightsizer.stages.teacher.run``): bf16 where the GPU has it, SDPA attention, fused AdamW, dynamic
 padding, DataLoader workers and pinned memory, optionally ``--compile``. Throughput and MFU come from
-the stage's own meter (``rightsizer.launch.mfu``): FLOPs/token = 6·N + 12·L·H·Q·T over real tokens,
+the stage's own meter (``rightsizer.train.mfu``): FLOPs/token = 6·N + 12·L·H·Q·T over real tokens,
 training-step time only, against the GPU's dense bf16 peak from the table there.
 
 Goal: MFU >= 45 % on an H100. Prints tokens/s, TFLOP/s, the peak, ``ratio: MFU`` and ``ideal: 1.0``.
@@ -95,7 +95,7 @@ def main() -> int:
         print(f"tokens/s: {throughput['tokens_per_s']:,.0f}")
         print(f"model TFLOP/s: {throughput['tflops_per_s']:.1f} of a {throughput['peak_tflops_per_gpu']} TFLOP/s dense peak")
         if throughput["mfu"] is None:
-            print(f"MFU: unknown (no peak for '{throughput['device']}' in rightsizer.launch.mfu.PEAK_TFLOPS)")
+            print(f"MFU: unknown (no peak for '{throughput['device']}' in rightsizer.train.mfu.PEAK_TFLOPS)")
             return 0
         print(f"MFU: {100 * throughput['mfu']:.1f} % (goal >= 45 % on an H100)")
         print("ideal: 1.0")

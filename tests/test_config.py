@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from rightsizer.config import RunConfig, config_from_dict, load_config
 from rightsizer.errors import UserError
@@ -127,3 +130,35 @@ def test_load_config_file_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("data:\n  source: builtin:demo\nseed: 1\n")
     assert load_config(good, ["seed=5"]).seed == 5
+
+
+def test_config_show_prints_every_default_and_loads_back_to_the_same_run(tmp_path, capsys):
+    from rightsizer.cli import main
+    from rightsizer.config import ResourceSpec, load_config
+    from rightsizer.plan import RESOURCE_KEYS
+
+    demo = Path(__file__).resolve().parents[1] / "examples" / "demo.yaml"
+    assert main(["config", "show", str(demo), "--set", "resources.slice.memory=20Gi"]) == 0
+    text = capsys.readouterr().out
+    shown = yaml.safe_load(text)
+    assert list(shown["resources"]) == list(RESOURCE_KEYS)
+    for key, spec in shown["resources"].items():
+        assert set(spec) == set(ResourceSpec.model_fields), key  # every field, resolved
+    assert shown["resources"]["teacher_logits"]["gpus"] == 1  # falls back to resources.teachers
+    assert shown["resources"]["slice"]["memory"] == "20Gi" and shown["resources"]["probe"]["memory"] == "8Gi"
+    assert shown["resources"]["teachers"]["timeout_s"] == 86400
+    assert shown["resources"]["teachers"]["trainjob_runtime"] == "rightsizer-torch-distributed"
+    assert shown["teachers"][0]["weight_decay"] == 0.01 and shown["evaluation"]["latency_batch_size"] == 1
+    (tmp_path / "resolved.yaml").write_text(text)
+    original, again = load_config(demo, ["resources.slice.memory=20Gi"]), load_config(tmp_path / "resolved.yaml")
+    assert {k: again.resources.for_stage(k) for k in RESOURCE_KEYS} == {k: original.resources.for_stage(k)
+                                                                          for k in RESOURCE_KEYS}
+    assert again.model_dump(exclude={"resources"}) == original.model_dump(exclude={"resources"})
+
+
+def test_the_trainjob_runtime_default_is_the_one_k8s_installs():
+    from rightsizer.config import ResourceSpec
+
+    installed = (Path(__file__).resolve().parents[1] / "k8s").rglob("*.yaml")
+    runtime = ResourceSpec.model_fields["trainjob_runtime"].default
+    assert any(f"name: {runtime}" in path.read_text() for path in installed)

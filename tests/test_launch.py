@@ -18,7 +18,7 @@ import pytest
 from rightsizer.config import config_from_dict
 from rightsizer.errors import UserError
 from rightsizer.launch import LaunchError, dispatch
-from rightsizer.launch.deepspeed import check_against_training, deepspeed_config
+from rightsizer.deepspeed import check_against_training, deepspeed_config
 from rightsizer.launch.local import run_torchrun
 
 # Tiny data, so that the length-grouped sampler puts the whole train split in one "megabatch" for a

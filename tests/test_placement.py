@@ -9,8 +9,10 @@ import pytest
 
 from rightsizer.errors import UserError
 from rightsizer.launch import placement
-from rightsizer.launch.mfu import flops_per_token, meter_callback, peak_flops, training_flops
-from rightsizer.launch.placement import GIB, ModelShape, choose_placement, estimate_memory
+from rightsizer.launch.placement import choose_placement
+from rightsizer.train import memory
+from rightsizer.train.memory import GIB, ModelShape, estimate_memory
+from rightsizer.train.mfu import flops_per_token, meter_callback, peak_flops, training_flops
 
 BERT_BASE = ModelShape(params=100_000_000, embedding_params=20_000_000, layers=12, hidden=768, heads=12)
 
@@ -69,12 +71,12 @@ def test_choice_changes_as_gpu_memory_shrinks():
 def test_shape_of_a_preset_and_of_a_local_config(tmp_path):
     from transformers import AutoModelForSequenceClassification, BertConfig
 
-    tiny = placement.shape_of_reference("tiny-bert-2l")
+    tiny = memory.shape_of_reference("tiny-bert-2l")
     assert (tiny.layers, tiny.hidden, tiny.heads) == (2, 128, 4)
     config = BertConfig(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, intermediate_size=1024,
                         vocab_size=1000)
     config.save_pretrained(tmp_path)  # a config without weights is enough: the shape is read on the meta device
-    shape = placement.shape_of_reference(str(tmp_path), num_labels=3)
+    shape = memory.shape_of_reference(str(tmp_path), num_labels=3)
     config.num_labels = 3
     real = AutoModelForSequenceClassification.from_config(config)
     assert shape.params == sum(p.numel() for p in real.parameters())
@@ -150,7 +152,7 @@ def test_meter_reports_tokens_per_second_and_mfu_from_step_time():
     rate = meter.rate()
     assert rate.samples_per_s == pytest.approx(10 * 8 / 2.0)
     assert rate.tokens_per_s == pytest.approx(10 * 8 * 25 / 2.0)
-    shape = placement.shape_of_model(model)
+    shape = memory.shape_of_model(model)
     trainable = shape.non_embedding_params  # everything trains
     assert rate.flops_per_s == pytest.approx(10 * 8 * training_flops(shape, lengths, trainable) / 4 / 2.0)
     assert training_flops(shape, lengths, trainable) == pytest.approx(training_flops(shape, lengths))

@@ -248,6 +248,23 @@ def compile_command(
                       "no stage has workers > 1: no TrainJobs to write")
 
 
+config_app = typer.Typer(no_args_is_help=True, help="Look at a config: every default filled in.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Print the resolved config as YAML: every key with its value or default, each stage's resources resolved."""
+    import yaml
+
+    config = _load(config_path, overrides)
+    sys.stdout.write(f"# {config_path}, resolved: every default filled in, resources resolved per stage\n")
+    sys.stdout.write(yaml.safe_dump(config.resolved(), sort_keys=False, allow_unicode=True, width=120))
+
+
 HostOption = typer.Option(None, "--host", help="KFP API URL, e.g. http://localhost:8080 (or $KF_PIPELINES_ENDPOINT)")
 NamespaceOption = typer.Option(None, "--namespace", "-n", help="KFP namespace (multi-user installs)")
 ExperimentOption = typer.Option(None, "--experiment", help="experiment name (default: the config's name)")

@@ -8,6 +8,7 @@ cross-field rules once, at load time, so a typo fails in a second instead of an 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import typing
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from rightsizer import candidates
 from rightsizer.adapters_registry import METHODS as ADAPTER_REGISTRY
@@ -280,33 +281,11 @@ class ReportConfig(Strict):
                                   "at least this many times faster than the best teacher")
 
 
-class ResourceSpec(Strict):
-    cpu: str | None = None
-    memory: str | None = None
-    gpus: int | Literal["auto"] | None = Field(None, description="accelerators per pod")
-    gpu_type: str | None = None
-    workers: int | None = Field(None, ge=1, description="nodes (multi-node TrainJob when > 1)")
-    processes: int | None = Field(None, ge=1, description="training processes per pod (default = gpus)")
-    node_selector: dict[str, str] | None = None
-    tolerations: list[dict[str, Any]] | None = None
-    cache: bool | None = Field(None, description="KFP caching for the stage's tasks (default: off for training "
-                               "stages, whose tasks have side effects, on for the rest)")
-    placement: Literal["auto", "off"] | None = Field(
-        None, description="auto: choose the ZeRO stage and gradient accumulation (and, with gpus: auto, the GPU count) "
-        "that fit GPU memory; the estimate and the choice go to summary.json (default: auto when gpus is 'auto')")
-    gpu_memory_gb: float | None = Field(None, gt=0, description="memory per GPU to plan for (default: what the GPU "
-                                        "reports; 80 when the pipeline is compiled)")
-    max_gpus: int | None = Field(None, ge=1, le=64, description="most GPUs per pod that gpus: auto may pick (default 8)")
-    timeout_s: int | None = Field(None, ge=60, description="workers > 1: how long the TrainJob may take before it is "
-                                  "deleted and the stage fails (default 86400)")
-    trainjob_runtime: str | None = Field(None, pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
-                                         description="workers > 1: the Kubeflow Trainer runtime (default rightsizer-torch)")
-    retries: int | None = Field(None, ge=0, le=10, description="times a failed pod is retried, with backoff (default: "
-                                "2 for tasks with GPUs — preemption, a lost node, a GPU fault — else 0)")
-    disk: str | None = Field(None, description="scratch space per pod for caches and checkpoints, a quantity (default: "
-                             "50Gi for tasks with GPUs, mounted at /scratch; on TrainJob nodes an ephemeral-storage request)")
+class _ResourceChecks(Strict):
+    """The checks a resources entry gets, whether it is resolved (:class:`ResourceSpec`) or one key of the
+    ``resources`` section (:class:`ResourceOverrides`)."""
 
-    @field_validator("tolerations")
+    @field_validator("tolerations", check_fields=False)
     @classmethod
     def _tolerations(cls, value: Any) -> Any:
         allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
@@ -320,7 +299,7 @@ class ResourceSpec(Strict):
                 raise ValueError(f"toleration {toleration}: tolerationSeconds must be a whole number of seconds")
         return value
 
-    @field_validator("cpu", "memory", "disk", mode="before")
+    @field_validator("cpu", "memory", "disk", mode="before", check_fields=False)
     @classmethod
     def _quantity(cls, value: Any) -> Any:
         if value is None:
@@ -330,7 +309,7 @@ class ResourceSpec(Strict):
             raise ValueError(f"'{text}' is not a Kubernetes quantity (e.g. 2, 500m, 8Gi)")
         return text
 
-    @field_validator("gpus")
+    @field_validator("gpus", check_fields=False)
     @classmethod
     def _gpus(cls, value: Any) -> Any:
         if isinstance(value, int) and value < 0:
@@ -338,7 +317,55 @@ class ResourceSpec(Strict):
         return value
 
 
-DEFAULT_RESOURCES = ResourceSpec(cpu="2", memory="8Gi", gpus=0, gpu_type="nvidia.com/gpu", workers=1)
+PLANNING_GPU_MEMORY_GB = 80.0  # gpus: auto, when the pipeline is compiled and no GPU can be asked
+
+
+class ResourceSpec(_ResourceChecks):
+    """What a stage's pods get: ``config.resources.for_stage(key)``, every field resolved, with its real default.
+    Add a resources option here (the ``resources`` section's keys are made from these fields)."""
+
+    cpu: str = Field("2", description="CPU request and limit, a Kubernetes quantity")
+    memory: str = Field("8Gi", description="memory request and limit, a Kubernetes quantity")
+    gpus: int | Literal["auto"] = Field(0, description="accelerators per pod; auto: the fewest that fit GPU memory")
+    gpu_type: str = Field("nvidia.com/gpu", description="the accelerator's resource name")
+    workers: int = Field(1, ge=1, description="nodes (multi-node TrainJob when > 1)")
+    processes: int | None = Field(None, ge=1, description="training processes per pod (null: one per GPU, one on CPU)")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    cache: bool | None = Field(None, description="KFP caching for the stage's tasks (null: the stage's own — off for "
+                               "stages that train or launch, whose tasks have side effects, on for the rest)")
+    placement: Literal["auto", "off"] = Field(
+        "off", description="auto: choose the ZeRO stage and gradient accumulation (and, with gpus: auto, the GPU count) "
+        "that fit GPU memory; the estimate and the choice go to summary.json (unset: auto when gpus is auto)")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="memory per GPU to plan for (null: what the GPU "
+                                        f"reports; {PLANNING_GPU_MEMORY_GB:g} when the pipeline is compiled)")
+    max_gpus: int = Field(8, ge=1, le=64, description="most GPUs per pod that gpus: auto may pick")
+    timeout_s: int = Field(86_400, ge=60, description="workers > 1: how long the TrainJob may take before it is "
+                           "deleted and the stage fails")
+    trainjob_runtime: str = Field("rightsizer-torch-distributed", pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$",
+                                  description="workers > 1: the Kubeflow Trainer runtime (k8s/cluster installs it)")
+    retries: int | None = Field(None, ge=0, le=10, description="times a failed pod is retried, with backoff (null: "
+                                "2 for tasks with GPUs — preemption, a lost node, a GPU fault — else 0)")
+    disk: str | None = Field(None, description="scratch space per pod for caches and checkpoints, a quantity (null: "
+                             "50Gi for tasks with GPUs, mounted at /scratch; on TrainJob nodes an ephemeral-storage request)")
+
+
+def _overrides_of(model: type[BaseModel]) -> type[BaseModel]:
+    """One key of the ``resources`` section: the fields of ``model``, each unset (null) unless given, so a key
+    overlays only what it says; the description names the real default."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        described = f"{info.description or name} (default: {json.dumps(default)})"
+        field = copy.copy(info)
+        field.default, field.default_factory, field.description = None, None, described
+        fields[name] = (info.annotation | None, field)
+    return create_model("ResourceOverrides", __base__=_ResourceChecks, __doc__=(
+        "One key of the ``resources`` section: only what it sets (see :class:`ResourceSpec` for the fields)."),
+        **fields)
+
+
+ResourceOverrides = _overrides_of(ResourceSpec)
 
 
 class ResourcesConfig(Strict):
@@ -346,19 +373,19 @@ class ResourcesConfig(Strict):
     back to (``teacher_logits`` -> ``teachers``, ``slice`` -> ``probe``, ``prompting`` -> ``evaluate``),
     which overlays ``default``."""
 
-    default: ResourceSpec = Field(default_factory=lambda: DEFAULT_RESOURCES.model_copy())
-    prepare: ResourceSpec = Field(default_factory=ResourceSpec)
-    teachers: ResourceSpec = Field(default_factory=ResourceSpec)
-    teacher_logits: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.teachers")
-    students: ResourceSpec = Field(default_factory=ResourceSpec)
-    adapters: ResourceSpec = Field(default_factory=ResourceSpec)
-    probe: ResourceSpec = Field(default_factory=ResourceSpec)
-    slice: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.probe")
-    evaluate: ResourceSpec = Field(default_factory=ResourceSpec)
-    quantize: ResourceSpec = Field(default_factory=ResourceSpec, description="the quantize tasks and the tasks that "
+    default: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    prepare: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    teachers: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    teacher_logits: ResourceOverrides = Field(default_factory=ResourceOverrides, description="default: resources.teachers")
+    students: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    adapters: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    probe: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    slice: ResourceOverrides = Field(default_factory=ResourceOverrides, description="default: resources.probe")
+    evaluate: ResourceOverrides = Field(default_factory=ResourceOverrides)
+    quantize: ResourceOverrides = Field(default_factory=ResourceOverrides, description="the quantize tasks and the tasks that "
                                    "evaluate their forms; default: resources.evaluate")
-    prompting: ResourceSpec = Field(default_factory=ResourceSpec, description="default: resources.evaluate")
-    report: ResourceSpec = Field(default_factory=ResourceSpec)
+    prompting: ResourceOverrides = Field(default_factory=ResourceOverrides, description="default: resources.evaluate")
+    report: ResourceOverrides = Field(default_factory=ResourceOverrides)
 
     @model_validator(mode="after")
     def _processes_match_gpus(self) -> "ResourcesConfig":
@@ -370,11 +397,12 @@ class ResourcesConfig(Strict):
         return self
 
     def for_stage(self, key: str) -> ResourceSpec:
-        """The spec of resources key ``key`` (``rightsizer.plan.Stage.resources``): the built-in defaults,
-        overlaid with ``default``, the key it falls back to, and its own keys."""
-        merged = DEFAULT_RESOURCES.model_dump()
-        for layer in ["default", *reversed(resource_chain(key))]:
+        """The resolved spec of resources key ``key`` (``rightsizer.plan.Stage.resources``): the fields' defaults
+        (:class:`ResourceSpec`), overlaid with ``default``, the key it falls back to, and its own keys."""
+        merged: dict[str, Any] = {}
+        for layer in ["default", *(reversed(resource_chain(key)) if key != "default" else [])]:
             merged.update({k: v for k, v in getattr(self, layer).model_dump().items() if v is not None})
+        merged.setdefault("placement", "auto" if merged.get("gpus") == "auto" else "off")
         return ResourceSpec(**merged)
 
 
@@ -452,7 +480,7 @@ class RunConfig(Strict):
     @classmethod
     def _deepspeed(cls, value: Any) -> Any:
         """Check the shorthand now; a JSON path is read now, so the pipeline carries its content."""
-        from rightsizer.launch.deepspeed import deepspeed_config
+        from rightsizer.deepspeed import deepspeed_config
 
         try:
             resolved = deepspeed_config(value)
@@ -591,6 +619,13 @@ class RunConfig(Strict):
 
     def adapter(self, name: str) -> AdapterConfig:
         return _by_name(self.adapters, name, "adapter")
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data with every default, each resources key resolved (``rightsizer config show``).
+        Loading it gives the same run."""
+        data = self.model_dump(mode="json")
+        data["resources"] = {key: self.resources.for_stage(key).model_dump(mode="json") for key in RESOURCE_KEYS}
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

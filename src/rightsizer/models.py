@@ -239,7 +239,7 @@ def load_classifier(reference: str, label_names: list[str], train_texts: Iterabl
         if tokenizer is None:
             if train_texts is None:
                 raise ValueError("a preset needs training texts for its tokenizer")
-            from rightsizer.launch.local import same_on_every_rank
+            from rightsizer.outputs import same_on_every_rank
 
             # tokenizer training is not deterministic across processes: under torchrun rank 0 trains it for all
             tokenizer = same_on_every_rank(lambda: train_tokenizer(preset.tokenizer, train_texts, preset.vocab_size))

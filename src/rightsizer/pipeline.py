@@ -19,6 +19,7 @@ from rightsizer.component_runtime import ERROR_FILE_ENV
 from rightsizer.config import RunConfig
 from rightsizer.errors import UserError
 from rightsizer.plan import stage as stage_named
+from rightsizer.pods import GPU_DISK, GPU_RETRIES, GPU_RETRY_BACKOFF, SCRATCH, image_for
 
 
 @dataclass
@@ -42,10 +43,6 @@ COMPONENT_STAGES = {"prepare": "prepare", "teacher": "teacher", "teacher_logits"
                     "distill": "distill", "adapter": "adapters", "probe": "probe", "slice": "slice",
                     "evaluate": "evaluate", "prompting": "prompting", "report": "report", "quantize": "quantize",
                     "evaluate_quantized": "quantize"}
-GPU_RETRIES = 2
-GPU_RETRY_BACKOFF = "60s"
-GPU_DISK = "50Gi"
-SCRATCH = "/scratch"
 
 
 def load_components(config: RunConfig, local: bool = False) -> "Components":
@@ -69,25 +66,6 @@ def load_components(config: RunConfig, local: bool = False) -> "Components":
                       teacher_logits=wrap("teacher_logits", teacher_logits.teacher_logits),
                       distill=wrap("distill", distill.distill), quantize=wrap("quantize", quantize.quantize),
                       evaluate_quantized=wrap("evaluate_quantized", evaluate.evaluate))
-
-
-def image_for(config: RunConfig, resources_key: str | None = None, gpus: int = 0) -> str:
-    """The image for a pod: the CPU image, or with GPUs the CUDA image (``image_cuda``).
-
-    The published images come in pairs (``X`` and ``X-cuda``); a config that names its own CPU build
-    must name its CUDA build too, or a GPU stage would train on CPU torch without DeepSpeed."""
-    from rightsizer_components import DEFAULT_IMAGE, PUBLISHED_IMAGE
-
-    cpu = config.image or os.environ.get("RIGHTSIZER_IMAGE") or DEFAULT_IMAGE
-    if not gpus:
-        return cpu
-    cuda = config.image_cuda or os.environ.get("RIGHTSIZER_IMAGE_CUDA")
-    if cuda:
-        return cuda
-    if cpu == PUBLISHED_IMAGE:
-        return f"{PUBLISHED_IMAGE}-cuda"
-    raise UserError(f"resources.{resources_key} asks for {gpus} GPU(s) but only a CPU image is set ({cpu}); set "
-                    "image_cuda (or $RIGHTSIZER_IMAGE_CUDA) to a build of images/Dockerfile.cuda (make image-cuda)")
 
 
 def task_gpus(config: RunConfig, stage_name: str) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 from rightsizer import plan as plan_table
 from rightsizer.errors import UserError
-from rightsizer.launch.deepspeed import check_against_training, deepspeed_config, with_zero_stage, zero_stage
+from rightsizer.deepspeed import check_against_training, deepspeed_config, with_zero_stage, zero_stage
 from rightsizer.launch.local import LAUNCHED_ENV, LaunchError, inside_launch
 
 __all__ = ["LAUNCHED_ENV", "LaunchError", "LaunchPlan", "TrainingPlan", "deepspeed_config", "dispatch", "plan_launch",
@@ -58,7 +58,7 @@ def plan_launch(config, stage_key: str) -> LaunchPlan:
         return LaunchPlan("in-process", local, max(1, world // max(1, local)), "cuda" if cuda else "cpu")
     gpus = spec.gpus
     if gpus == "auto":
-        gpus = min(cuda, spec.max_gpus or cuda)
+        gpus = min(cuda, spec.max_gpus)
     gpus = int(gpus or 0)
     processes = spec.processes or max(1, gpus)
     workers = spec.workers or 1
@@ -155,6 +155,7 @@ def prepare_training(config, stage: str, options, model) -> TrainingPlan:
     import torch
 
     from rightsizer.launch import placement as placing
+    from rightsizer.train import memory
 
     stage_key = _launching_key(stage)
     spec = config.resources.for_stage(stage_key)
@@ -171,13 +172,13 @@ def prepare_training(config, stage: str, options, model) -> TrainingPlan:
         "mode": {"processes": "torchrun", "trainjob": "trainjob"}.get(inside_launch() or "", "in-process"),
         "world_size": world, "nodes": nodes, "device": "cuda" if on_gpu else "cpu",
         "deepspeed_zero_stage": zero_stage(resolved)}}
-    placement_on = spec.placement == "auto" or (spec.placement is None and spec.gpus == "auto")
+    placement_on = spec.placement == "auto"
     if placement_on:
-        shape = placing.shape_of_model(model)
+        shape = memory.shape_of_model(model)
         sdpa = getattr(model.config, "_attn_implementation", None) in ("sdpa", "flash_attention_2", "flash_attention_3")
         offload = bool(((resolved or {}).get("zero_optimization") or {}).get("offload_optimizer"))
         if on_gpu:
-            device_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / placing.GIB
+            device_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / memory.GIB
             chosen = placing.choose_placement(
                 shape, batch_size=options.batch_size, seq_len=config.data.max_length,
                 gpu_memory_gb=spec.gpu_memory_gb or round(device_gb, 2), gpus=local, nodes=nodes,
@@ -191,13 +192,13 @@ def prepare_training(config, stage: str, options, model) -> TrainingPlan:
             summary["placement"] = {"params": shape.params, **chosen.summary()}
             summary["launch"]["deepspeed_zero_stage"] = zero_stage(resolved)
             if int(os.environ.get("RANK", "0")) == 0:
-                print(f"placement: {shape.params / 1e6:.1f}M parameters need {chosen.estimate.total / placing.GIB:.1f} "
+                print(f"placement: {shape.params / 1e6:.1f}M parameters need {chosen.estimate.total / memory.GIB:.1f} "
                       f"GiB per GPU ({', '.join(f'{k} {v}' for k, v in chosen.estimate.as_gb().items() if k != 'total')}"
                       f" GiB) of {chosen.gpu_memory_gb:g} GiB -> {chosen.gpus} GPU(s) x {chosen.nodes} node(s), ZeRO "
                       f"{chosen.zero_stage}, micro-batch {chosen.micro_batch} x {chosen.accumulation} accumulation",
                       flush=True)
         else:
-            estimate = placing.estimate_memory(shape, micro_batch=options.batch_size, seq_len=config.data.max_length,
+            estimate = memory.estimate_memory(shape, micro_batch=options.batch_size, seq_len=config.data.max_length,
                                                gpus=world, bf16=False, sdpa=sdpa)
             summary["placement"] = {"params": shape.params, "device": "cpu", "estimate_gb": estimate.as_gb(),
                                     "note": "placement plans GPU memory; on CPU the estimate is reported and "

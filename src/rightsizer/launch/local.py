@@ -157,26 +157,3 @@ def run_processes(stage: str, config, output_dir: str | Path, inputs: list[Path]
     if not summary_path.exists():
         raise LaunchError(f"stage {stage}: all {processes} processes exited 0 but rank 0 left no {summary_path}")
     return json.loads(summary_path.read_text())
-
-
-def same_on_every_rank(build):
-    """``build()`` on rank 0, its result on every rank (plain ``build()`` outside a distributed run).
-
-    For things that differ between processes although they should not — training a WordPiece/BPE
-    tokenizer is not deterministic — so every rank (and every node) trains with the same one. Starts the
-    process group the HF Trainer would start (NCCL on GPUs, gloo on CPU); the Trainer then reuses it.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return build()
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    box = [build() if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -1,21 +1,7 @@
 """Memory-aware placement: how much GPU memory training needs, and a ZeRO stage / accumulation / GPU count that fits.
 
-The estimate is deliberately simple and written out so anyone can redo it by hand (the numbers land in
-``summary.json``). Per GPU, for Ψ parameters, N data-parallel GPUs, micro-batch b, sequence length s,
-L layers of hidden size h:
-
-* **model states** (AdamW). In bf16 mixed precision under DeepSpeed each parameter costs 2 bytes of bf16
-  weights, 2 of bf16 gradients and 12 of fp32 optimizer state (master copy, momentum, variance) — 16 bytes
-  (ZeRO paper, Rajbhandari et al. 2020). Plain PyTorch (HF ``Trainer``'s autocast) or fp32 keeps fp32
-  weights (4), fp32 gradients (4) and the two Adam moments (8) — also 16 bytes. ZeRO divides by N:
-  stage 1 the optimizer state, stage 2 also the gradients, stage 3 also the weights. Offloading the
-  optimizer to CPU removes its share from the GPU.
-* **activations** kept for the backward pass: ``34·s·b·h`` bytes per layer in 16-bit (Korthikanti et
-  al. 2022, "Reducing Activation Recomputation"), plus ``5·a·s²·b`` for the attention scores when the
-  attention is not fused; with SDPA (flash / memory-efficient kernels, the default here) the scores are
-  never stored. fp32 activations (no bf16) cost twice as much.
-* **overhead**: 1 GiB for the CUDA context and kernel workspaces; only 90 % of the card is planned for,
-  the rest is left to allocator fragmentation.
+The memory estimate itself (model states, activations, overhead, each term written out) lives in
+:mod:`rightsizer.train.memory`; this module decides where a stage trains from it.
 
 The choice: the fewest GPUs that fit; among those, avoid ZeRO-3 (it adds 50 % communication) and gradient
 accumulation (smaller micro-batches use the GPU less well), then the lowest ZeRO stage. The product of
@@ -25,54 +11,16 @@ same whatever is chosen.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from rightsizer import candidates
+from rightsizer.config import PLANNING_GPU_MEMORY_GB, ResourceSpec
 from rightsizer.errors import UserError
+from rightsizer.train.memory import GIB, MemoryEstimate, ModelShape, estimate_memory, shape_of_reference
 
-GIB = 1024 ** 3
-OVERHEAD_BYTES = 1 * GIB
 USABLE_FRACTION = 0.9
-ACTIVATION_FACTOR = 34  # bytes per (token x hidden unit x layer) in 16-bit, attention scores not stored
-SCORES_FACTOR = 5  # bytes per (head x token x token x layer) when attention scores are materialised
-DEFAULT_GPU_MEMORY_GB = 80.0
-DEFAULT_MAX_GPUS = 8
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the estimate needs to know about a model."""
-
-    params: int
-    embedding_params: int
-    layers: int
-    hidden: int
-    heads: int
-
-    @property
-    def non_embedding_params(self) -> int:
-        return self.params - self.embedding_params
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes per GPU, by kind, for one configuration."""
-
-    weights: int
-    gradients: int
-    optimizer: int
-    activations: int
-    overhead: int
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
-
-    def as_gb(self) -> dict[str, float]:
-        parts = {k: round(v / GIB, 3) for k, v in asdict(self).items()}
-        parts["total"] = round(self.total / GIB, 3)
-        return parts
+DEFAULT_MAX_GPUS = ResourceSpec.model_fields["max_gpus"].default
 
 
 @dataclass(frozen=True)
@@ -96,63 +44,6 @@ class Placement:
             "gpu_memory_gb": self.gpu_memory_gb, "planned_gb": round(self.gpu_memory_gb * USABLE_FRACTION, 2),
             "estimate_gb": self.estimate.as_gb(), "bf16": self.bf16, "sdpa": self.sdpa,
         }
-
-
-def shape_of_model(model) -> ModelShape:
-    """Read a ``ModelShape`` off an instantiated (or meta-device) transformers model."""
-    import torch.nn as nn
-
-    params = sum(p.numel() for p in model.parameters())
-    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
-    config = model.config
-    return ModelShape(params=params, embedding_params=embedding, layers=int(config.num_hidden_layers),
-                      hidden=int(config.hidden_size), heads=int(config.num_attention_heads))
-
-
-def shape_of_reference(reference: str, num_labels: int = 2) -> ModelShape:
-    """The shape of a preset / local dir / hub model without loading weights (meta device)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from rightsizer.models import PRESETS, describe
-
-    kind = describe(reference)
-    if kind == "preset":
-        preset = PRESETS[reference]
-        ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-        stub = type("StubTokenizer", (), ids)()
-        config = preset.build_config(preset.vocab_size, stub)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(reference, trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UserError(f"cannot read the size of model '{reference}' to place it ({first}); set resources.gpus "
-                            "to a number instead of 'auto'") from None
-    config.num_labels = num_labels
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
-    return shape_of_model(model)
-
-
-def estimate_memory(shape: ModelShape, *, micro_batch: int, seq_len: int, gpus: int = 1, zero_stage: int = 0,
-                    bf16: bool = True, sdpa: bool = True, offload_optimizer: bool = False) -> MemoryEstimate:
-    """Bytes per GPU to train ``shape`` (see the module docstring for each term)."""
-    psi, n = shape.params, max(1, gpus)
-    if bf16 and zero_stage > 0:
-        weight_b, grad_b, optim_b = 2, 2, 12
-    else:
-        weight_b, grad_b, optim_b = 4, 4, 8
-    weights = psi * weight_b / (n if zero_stage >= 3 else 1)
-    gradients = psi * grad_b / (n if zero_stage >= 2 else 1)
-    optimizer = 0 if offload_optimizer and zero_stage > 0 else psi * optim_b / (n if zero_stage >= 1 else 1)
-    tokens = micro_batch * seq_len
-    per_layer = ACTIVATION_FACTOR * tokens * shape.hidden
-    if not sdpa:
-        per_layer += SCORES_FACTOR * shape.heads * seq_len * tokens
-    activations = shape.layers * per_layer * (1 if bf16 else 2)
-    return MemoryEstimate(weights=int(weights), gradients=int(gradients), optimizer=int(optimizer),
-                          activations=int(activations), overhead=OVERHEAD_BYTES)
 
 
 def _divisors_descending(value: int) -> list[int]:
@@ -226,7 +117,7 @@ def planned_gpus(config, stage_key: str) -> int:
     counts = [1]
     for reference, batch_size in stage_models(config, stage_key):
         choice = choose_placement(shape_of_reference(reference), batch_size=batch_size, seq_len=config.data.max_length,
-                                  gpu_memory_gb=spec.gpu_memory_gb or DEFAULT_GPU_MEMORY_GB,
-                                  max_gpus=spec.max_gpus or DEFAULT_MAX_GPUS, nodes=spec.workers or 1)
+                                  gpu_memory_gb=spec.gpu_memory_gb or PLANNING_GPU_MEMORY_GB,
+                                  max_gpus=spec.max_gpus, nodes=spec.workers)
         counts.append(choice.gpus)
     return max(counts)

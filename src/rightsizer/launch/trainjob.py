@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from rightsizer import candidates
+from rightsizer.config import ResourceSpec
 from rightsizer.errors import UserError
 from rightsizer.launch.local import TAIL_LINES, LaunchError, sigterm_raises
 
-DEFAULT_RUNTIME = "rightsizer-torch-distributed"
-DEFAULT_TIMEOUT_S = 86_400
+DEFAULT_RUNTIME = ResourceSpec.model_fields["trainjob_runtime"].default
+DEFAULT_TIMEOUT_S = ResourceSpec.model_fields["timeout_s"].default
 POLL_ENV = "RIGHTSIZER_TRAINJOB_POLL_S"
 DEFAULT_POLL_S = 10.0
 NODE_CONTAINER = "node"  # the runtime's replicated job and container name (Kubeflow Trainer convention)
@@ -111,7 +112,7 @@ def node_env(config) -> list[dict[str, Any]]:
 def build_request(stage: str, config, stage_key: str, *, member: str | None, name: str, config_uri: str,
                   input_uris: list[str], output_uri: str, gpus: int, processes: int) -> TrainJobRequest:
     """The TrainJob for one stage member, from ``config.resources.<stage_key>`` and ``config.storage``."""
-    from rightsizer.pipeline import GPU_DISK, image_for
+    from rightsizer.pods import GPU_DISK, image_for
 
     spec = config.resources.for_stage(stage_key)
     args = ["stage", stage, "--config", config_uri]
@@ -134,10 +135,10 @@ def build_request(stage: str, config, stage_key: str, *, member: str | None, nam
     labels = {"app.kubernetes.io/part-of": "rightsizer", "app.kubernetes.io/component": "trainjob",
               "rightsizer.io/run": config.name, "rightsizer.io/stage": stage}
     return TrainJobRequest(
-        name=name, runtime=spec.trainjob_runtime or DEFAULT_RUNTIME, image=image_for(config, stage_key, gpus),
+        name=name, runtime=spec.trainjob_runtime, image=image_for(config, stage_key, gpus),
         num_nodes=spec.workers or 1, processes_per_node=processes, resources_per_node=resources, args=args,
         env=node_env(config), labels=labels, node_selector=spec.node_selector,
-        tolerations=spec.tolerations, timeout_s=spec.timeout_s or DEFAULT_TIMEOUT_S)
+        tolerations=spec.tolerations, timeout_s=spec.timeout_s)
 
 
 def manifest(request: TrainJobRequest, runtime_kind: str = "ClusterTrainingRuntime") -> dict[str, Any]:

@@ -174,7 +174,7 @@ def fine_tune(
     )
     (work_dir / "tb").mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(work_dir / "tb")) if rank_zero else None  # one event file, from rank 0
-    from rightsizer.launch.mfu import meter_callback
+    from rightsizer.train.mfu import meter_callback
 
     # training-step throughput (evaluations and saves left out) and, on GPUs, MFU: logged and summarised
     meter = meter_callback(model, train_set["length"], samples_per_step=per_step, gpus=world if on_gpu else 0,

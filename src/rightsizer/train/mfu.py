@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rightsizer.launch.placement import ModelShape, shape_of_model
+from rightsizer.train.memory import ModelShape, shape_of_model
 
 # Dense peak TFLOP/s per GPU from the vendors' datasheets: (name pattern, bf16/fp16, tf32, fp32).
 # More specific patterns first: the first match wins.
