@@ -15,14 +15,15 @@ LAYERS: list[tuple[str, set[str]]] = [
                                       "rightsizer.stats", "rightsizer.timing", "rightsizer.builtin_data",
                                       "rightsizer.adapters_registry", "rightsizer.quantize", "rightsizer.slicing",
                                       "rightsizer.inference", "rightsizer.outputs", "rightsizer.deepspeed",
-                                      "rightsizer.manifests"}),
+                                      "rightsizer.manifests", "rightsizer.progress", "rightsizer.rundir"}),
     ("models, storage, candidates", {"rightsizer.models", "rightsizer.storage", "rightsizer.candidates"}),
     ("the config", {"rightsizer.config"}),
-    ("data and pods", {"rightsizer.data", "rightsizer.pods", "rightsizer.tensorboard", "rightsizer.component_runtime"}),
+    ("data and pods", {"rightsizer.data", "rightsizer.pods", "rightsizer.tensorboard", "rightsizer.component_runtime",
+                       "rightsizer.predict"}),
     ("training machinery", {"rightsizer.train", "rightsizer.train.*"}),
     ("launching", {"rightsizer.launch", "rightsizer.launch.*"}),
     ("stages", {"rightsizer.stages", "rightsizer.stages.*"}),
-    ("the pipeline", {"rightsizer.pipeline", "rightsizer.kfp_client"}),
+    ("the pipeline and the up-front checks", {"rightsizer.pipeline", "rightsizer.kfp_client", "rightsizer.validate"}),
     ("the command line", {"rightsizer.cli"}),
 ]
 

@@ -248,11 +248,12 @@ def compile_command(
                       "no stage has workers > 1: no TrainJobs to write")
 
 
-config_app = typer.Typer(no_args_is_help=True, help="Look at a config: every default filled in.")
+config_app = typer.Typer(no_args_is_help=True, help="Look at a config: every default filled in.",
+                         epilog=example("rightsizer config show examples/demo.yaml"))
 app.add_typer(config_app, name="config")
 
 
-@config_app.command("show")
+@config_app.command("show", epilog=example("rightsizer config show examples/demo.yaml --set seed=1"))
 def config_show(
     config_path: Path = typer.Argument(..., metavar="CONFIG", help="YAML config"),
     overrides: Optional[list[str]] = SetOption,
