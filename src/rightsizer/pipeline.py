@@ -7,6 +7,7 @@ local runner ignores them, the compiled YAML carries them to the cluster.
 """
 
 
+import functools
 import os
 import shutil
 import tempfile
@@ -90,11 +91,12 @@ def add_toleration(task, toleration: dict):
     return kubernetes.add_toleration(task, **{names[k]: v for k, v in toleration.items()})
 
 
-def apply_resources(task, config: RunConfig, stage_name: str):
+def apply_resources(task, config: RunConfig, stage_name: str, local: bool = False):
     """CPU/memory requests+limits, accelerator type/count, node selector, tolerations, /dev/shm, object-store
     settings from the rightsizer-storage ConfigMap and credentials from the k8s Secret (never a parameter), the
     Hugging Face token Secret, caching per stage; GPU tasks: retries and scratch space — all from the stage's
-    row in :data:`rightsizer.plan.STAGES` and its ``config.resources`` key."""
+    row in :data:`rightsizer.plan.STAGES` and its ``config.resources`` key. A ``local`` run (kfp.local applies
+    the environment but mounts nothing) gets no scratch mount and no TMPDIR/HF_HOME pointing into it."""
     from kfp import kubernetes
 
     from rightsizer import storage
@@ -131,14 +133,14 @@ def apply_resources(task, config: RunConfig, stage_name: str):
     gpus = task_gpus(config, stage.name)
     if gpus and gpus > 0:
         task.set_accelerator_type(spec.gpu_type or "nvidia.com/gpu").set_accelerator_limit(gpus)
-    retries = spec.retries if spec.retries is not None else (GPU_RETRIES if gpus else 0)
+    retries = spec.retries if spec.retries is not None else (GPU_RETRIES if gpus and not local else 0)
     if retries:
         # GPU pods die of preemption, lost nodes and GPU faults; the stage restarts from its checkpoint
         task.set_retry(num_retries=retries, backoff_duration=GPU_RETRY_BACKOFF, backoff_factor=2.0)
     if stage.shm:
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     disk = spec.disk or (GPU_DISK if gpus else None)
-    if disk:
+    if disk and not local:
         # KFP's IR has no ephemeral-storage request: a size-limited emptyDir for caches and checkpoints
         kubernetes.empty_dir_mount(task, volume_name="scratch", mount_path=SCRATCH, size_limit=disk)
         task.set_env_variable("HF_HOME", f"{SCRATCH}/huggingface")
@@ -155,6 +157,7 @@ def build_pipeline(config: RunConfig, local: bool = False):
     from kfp import dsl
 
     parts = load_components(config, local)
+    place = functools.partial(apply_resources, local=local)
     config_json = config.to_json()
     teacher_names = [c.name for c in candidates.teachers(config)]
     student_runs = [c.name for c in candidates.students(config)]
@@ -164,7 +167,7 @@ def build_pipeline(config: RunConfig, local: bool = False):
 
     @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")
     def rightsize(config_json: str = config_json):
-        prep = apply_resources(parts.prepare(config_json=config_json), config, "prepare").set_display_name("prepare")
+        prep = place(parts.prepare(config_json=config_json), config, "prepare").set_display_name("prepare")
         data = prep.outputs["data"]
         report_inputs = {}
         quantized_evaluations = {}  # kind -> the task evaluating that loop's quantized forms
@@ -172,17 +175,17 @@ def build_pipeline(config: RunConfig, local: bool = False):
         def scored(trained, stage: str, display: str, kind: str, name):
             """Place a training task, and add the task that evaluates the model it writes; where ``quantize:``
             applies to the kind, also a quantize task after the training task and one that evaluates its forms."""
-            apply_resources(trained, config, stage).set_display_name(display)
+            place(trained, config, stage).set_display_name(display)
             evaluated = parts.evaluate(config_json=config_json, name=name, kind=kind, data=data,
                                        candidate=trained.outputs["model"])
             if kind in quantized_kinds:
                 quantized = parts.quantize(config_json=config_json, data=data, source=trained.outputs["model"])
-                apply_resources(quantized, config, "quantize").set_display_name(f"quantize-{kind}")
+                place(quantized, config, "quantize").set_display_name(f"quantize-{kind}")
                 forms = parts.evaluate_quantized(config_json=config_json, name="", kind="quantized", data=data,
                                                  candidate=quantized.outputs["model"])
-                apply_resources(forms, config, "quantize").set_display_name(f"evaluate-quantized-{kind}")
+                place(forms, config, "quantize").set_display_name(f"evaluate-quantized-{kind}")
                 quantized_evaluations[kind] = forms
-            return apply_resources(evaluated, config, "evaluate").set_display_name(f"evaluate-{kind}")
+            return place(evaluated, config, "evaluate").set_display_name(f"evaluate-{kind}")
 
         if teacher_names:
             with dsl.ParallelFor(teacher_names, name="teachers") as teacher_name:
@@ -194,7 +197,7 @@ def build_pipeline(config: RunConfig, local: bool = False):
                 # logits on the training split; each student and each data-only control reads that bundle
                 gathered = parts.teacher_logits(config_json=config_json, data=data,
                                                 teachers=dsl.Collected(teach.outputs["model"]))
-                apply_resources(gathered, config, "teacher-logits").set_display_name("teacher-logits")
+                place(gathered, config, "teacher-logits").set_display_name("teacher-logits")
                 with dsl.ParallelFor(student_runs, name="students") as student_name:
                     distilled = parts.distill(config_json=config_json, name=student_name, data=data,
                                               teachers=gathered.outputs["bundle"])
@@ -203,7 +206,7 @@ def build_pipeline(config: RunConfig, local: bool = False):
         if config.probe is not None:
             # runs beside the teachers; returns the slice depths (finetune_slices, 'auto' resolved from
             # its scores at run time), so the slice loop iterates over a task output
-            probed = apply_resources(parts.probe(config_json=config_json, data=data), config, "probe")
+            probed = place(parts.probe(config_json=config_json, data=data), config, "probe")
             probed.set_display_name("probe")
             report_inputs["probe"] = probed.outputs["probe"]
             if config.probe.finetune_slices:
@@ -221,12 +224,12 @@ def build_pipeline(config: RunConfig, local: bool = False):
             # zero-/k-shot baselines: each task scores the test split itself and writes a metrics dir
             with dsl.ParallelFor(prompting_rows, name="prompting") as row_name:
                 prompted = parts.prompting(config_json=config_json, name=row_name, data=data)
-                apply_resources(prompted, config, "prompting").set_display_name("prompting")
+                place(prompted, config, "prompting").set_display_name("prompting")
             report_inputs["other_metrics"] = dsl.Collected(prompted.outputs["metrics"])
         for kind, forms in quantized_evaluations.items():
             report_inputs[f"quantized_{kind}_metrics"] = dsl.Collected(forms.outputs["metrics"])
         final = parts.report(config_json=config_json, data=data, **report_inputs)
-        apply_resources(final, config, "report").set_display_name("report")
+        place(final, config, "report").set_display_name("report")
 
     return rightsize
 
