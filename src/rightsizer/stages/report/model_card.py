@@ -13,20 +13,31 @@ from rightsizer import __version__
 from rightsizer.outputs import git_commit
 
 
-def candidate_config(name: str, config) -> tuple[str, dict] | None:
-    """(section, settings) that made the candidate ``name``, from the run's config."""
-    for section in ("teachers", "students", "adapters"):
-        for item in getattr(config, section):
-            if item.name == name:
-                return section, item.model_dump(mode="json", exclude_defaults=True)
-    for student in config.students:
-        if name == f"{student.name}-nodistill":
-            return "students (data-only control: alpha 0, no teacher)", student.model_dump(mode="json", exclude_defaults=True)
-    if config.probe is not None and name.rsplit("-L", 1)[-1].isdigit():
-        return "probe (a slice of the base, fine-tuned)", config.probe.model_dump(mode="json", exclude_defaults=True)
-    if config.evaluation.prompting is not None and name.startswith("prompt-"):
-        return "evaluation.prompting", config.evaluation.prompting.model_dump(mode="json", exclude_defaults=True)
-    return None
+def candidate_config(row: dict, config) -> tuple[str, dict] | None:
+    """(where in the config, settings) that made the candidate of ``row``: looked up among the config's
+    candidates (:mod:`rightsizer.candidates`); a slice by its layer count, a quantized form by its source."""
+    from rightsizer import candidates
+
+    dump = lambda item: item.model_dump(mode="json", exclude_defaults=True)  # noqa: E731
+    if row.get("kind") == "quantized":
+        entries = [dump(entry) for entry in config.quantize if entry.of in (row.get("source"), "all")
+                   or entry.name == row["name"]]
+        return ("quantize", {"of": row.get("source"), "entries": entries}) if entries else None
+    if row.get("kind") == "slice" and config.probe is not None:
+        return "probe (a slice of the probed model, fine-tuned)", dump(config.probe)
+    made = next((c for c in candidates.every(config) if c.name == row["name"]), None)
+    if made is None or made.member is None:
+        return None
+    sections = {"teacher": config.teachers, "student": config.students, "adapter": config.adapters}
+    if made.kind == "prompting":
+        return "evaluation.prompting", dump(config.evaluation.prompting)
+    member = next((item for item in sections.get(made.kind, []) if item.name == made.member), None)
+    if member is None:
+        return None
+    where = {"teacher": "teachers", "student": "students", "adapter": "adapters"}[made.kind]
+    if made.control_of:
+        where += " (its data-only control: alpha 0, no teacher)"
+    return where, dump(member)
 
 
 def _interval(value, interval) -> str:
@@ -65,14 +76,19 @@ def model_card(row: dict, report: dict, card: dict, config) -> str:
               f"- throughput: {row.get('throughput_per_s', '–')} examples/s in large batches",
               f"- parameters: {row.get('params', '–'):,}" if isinstance(row.get("params"), int) else "- parameters: –",
               f"- size on disk: {row.get('size_mb', '–')} MB", ""]
-    made = candidate_config(name, config)
+    made = candidate_config(row, config)
     lines += ["## How it was made", "", f"A {row.get('kind', 'model')} candidate"
               + (f", from the config's `{made[0]}`:" if made else ".")]
     if made:
         lines += ["", "```yaml", yaml.safe_dump(made[1], sort_keys=False).strip(), "```"]
     commit = git_commit()
     lines += ["", f"rightsizer {__version__}" + (f" (git {commit})" if commit else "") + f", seed {config.seed}.", "",
-              "## Use", "", "```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
-              'model = AutoModelForSequenceClassification.from_pretrained("recommended")',
-              'tokenizer = AutoTokenizer.from_pretrained("recommended")', "```", ""]
+              "## Use", "", "```python"]
+    if row.get("kind") == "quantized":  # ONNX / int8 forms load through rightsizer
+        lines += ["from rightsizer.quantize import load_quantized", "", 'model, tokenizer = load_quantized("recommended")']
+    else:
+        lines += ["from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
+                  'model = AutoModelForSequenceClassification.from_pretrained("recommended")',
+                  'tokenizer = AutoTokenizer.from_pretrained("recommended")']
+    lines += ["```", "", "or `rightsizer predict RUN_DIR --text \"...\"`.", ""]
     return "\n".join(lines)
