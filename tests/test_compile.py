@@ -242,3 +242,18 @@ def test_a_local_run_needs_no_cuda_image(tiny_config):
     build_pipeline(config, local=True)  # kfp.local runs in this environment: no image is pulled
     with pytest.raises(UserError, match=r"resources.teachers asks for 1 GPU\(s\) but only a CPU image"):
         build_pipeline(config)
+
+
+def test_a_local_run_gets_no_scratch_env_nor_gpu_retries(tmp_path, tiny_config):
+    """kfp.local applies a task's env but mounts nothing: TMPDIR=/scratch made every GPU task fail locally."""
+    from kfp import compiler
+
+    from rightsizer.pipeline import build_pipeline
+
+    config = tiny_config(resources={"teachers": {"gpus": 1}})
+    for local in (True, False):
+        out = tmp_path / f"local-{local}.yaml"
+        compiler.Compiler().compile(build_pipeline(config, local=local), str(out))
+        spec = next(yaml.safe_load_all(out.read_text()))
+        env = {e["name"] for e in _executor(spec["deploymentSpec"]["executors"], "teacher")["container"].get("env", [])}
+        assert ("TMPDIR" in env) is not local and ("retryPolicy" in _task(spec, "teacher")) is not local
