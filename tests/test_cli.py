@@ -100,6 +100,8 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path, capsys, where):
     code, _, err = cli(["compile", config, "-o", output.parent / "pipeline.yaml" if where == "proc" else output / "p.yaml"],
                        capsys)
     assert_one_line_error(code, err, "cannot write the pipeline to")
+    code, _, err = cli(["stage", "prepare", "-c", config, "--out", output], capsys)
+    assert_one_line_error(code, err, "cannot write output")
     code, _, err = cli(["run", config, "--output", tmp_path / "afile"], capsys)
     assert_one_line_error(code, err, "is a file")
 

@@ -348,10 +348,15 @@ def manifests(
     if output is None:
         sys.stdout.write(text)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
+    from rightsizer.rundir import fs_error
+
     tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise fs_error(exc, output) from None
     console.print(f"wrote {output}")
 
 

@@ -53,7 +53,8 @@ def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
             except (OSError, ValueError):
                 inputs.append(key)
     word = progress.STAGE_WORDS.get(stage, stage)
-    label = " ".join(dict.fromkeys([word, *named])) if named else word
+    shown = [str(kwargs["name"])] if kwargs.get("name") else named  # "evaluate lora-qv", not its kind too
+    label = " ".join(dict.fromkeys([word, *shown])) if shown else word
     if stage == "evaluate" and not kwargs.get("name"):  # slices are named by their own summary
         label = f"evaluate {inputs[-1].split(':', 1)[-1]}" if inputs else label
     digest = hashlib.sha256(json.dumps([stage, named, sorted(inputs)]).encode()).hexdigest()[:12]

@@ -111,7 +111,12 @@ def stage_output(output_dir: str | Path, stage: str, config=None, name: str | No
     if final.exists() and final.is_dir() and any(final.iterdir()) and not (final / "summary.json").exists():
         raise UserError(f"output directory '{final}' exists and is not a rightsizer stage output; choose another")
     work = work_dir_for(final)
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from rightsizer.rundir import fs_error
+
+        raise fs_error(exc, final) from None
     out = StageOutput(final, work)
     started = time.time()
     try:

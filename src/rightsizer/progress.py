@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -118,7 +119,9 @@ class ConsoleStream:
 
     # -- events
     def _line(self, line: str) -> None:
-        line = line.strip()  # kfp.local indents a task's output
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()  # kfp.local colours and indents a task's output
+        if "finished with status FAILURE" in line and not self.errors:
+            self._signal_running()  # a task failed (a bug): the others stop now, nothing new starts
         if PREFIX.strip() in line:
             line = line[line.index(PREFIX.strip()):]
         if line.startswith("error: "):

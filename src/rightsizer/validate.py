@@ -14,6 +14,7 @@ data checks (their data is read on the cluster).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -245,17 +246,19 @@ def validate(config: RunConfig, data: bool = False) -> Report:
     started = time.perf_counter()
     report = Report()
     models = Models(report)
-    for teacher in config.teachers:
-        model_config = models.config(teacher.model, f"teacher '{teacher.name}'")
-        if model_config is not None:
-            models.skeleton(teacher.model, f"teacher '{teacher.name}'")
-        report.checked.append(f"teacher '{teacher.name}'")
-    check_students(config, models, report)
-    check_adapters(config, models, report)
-    check_probe(config, models, report)
-    check_prompting(config, models, report)
-    check_quantize(config, report)
-    if data:
-        check_data(config, report)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library deprecation notes are no concern of the config's author
+        for teacher in config.teachers:
+            model_config = models.config(teacher.model, f"teacher '{teacher.name}'")
+            if model_config is not None:
+                models.skeleton(teacher.model, f"teacher '{teacher.name}'")
+            report.checked.append(f"teacher '{teacher.name}'")
+        check_students(config, models, report)
+        check_adapters(config, models, report)
+        check_probe(config, models, report)
+        check_prompting(config, models, report)
+        check_quantize(config, report)
+        if data:
+            check_data(config, report)
     report.seconds = time.perf_counter() - started
     return report
