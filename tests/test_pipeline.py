@@ -21,7 +21,7 @@ def write_config(path: Path, **sections) -> Path:
 
 def test_local_pipeline_end_to_end(tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml")
-    code = main(["run", str(config), "--output", str(tmp_path / "out"), "--set", "teachers.0.max_steps=30"])
+    code = main(["run", str(config), "--output", str(tmp_path / "out")])
     assert code == 0
     out = tmp_path / "out"
     board = json.loads((out / "leaderboard.json").read_text())
