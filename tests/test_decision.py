@@ -174,3 +174,15 @@ def test_pareto_labels_never_overlap(tmp_path):
     assert len(boxes) == len(crowd)
     assert not [(a, b) for a, b in itertools.combinations(range(len(boxes)), 2) if boxes[a].overlaps(boxes[b])]
     figure.savefig(tmp_path / "crowd.png")
+
+
+def test_evidence_differences_are_the_paired_bootstrap_of_stats():
+    from rightsizer import stats
+
+    rows, evidence = made_up({"teacher": (0.9, 0.88), "student": (0.87, 0.86)}, {"teacher": 10.0, "student": 4.0}, n=300)
+    for split in ("validation", "test"):
+        cached = evidence.difference("student", "teacher", split, "macro_f1", 0.9)
+        direct = stats.paired_difference(evidence.labels[split], evidence.predictions["student"][split],
+                                         evidence.predictions["teacher"][split], 3, "macro_f1", confidence=0.9, seed=0)
+        assert cached["difference"] == pytest.approx(direct["difference"]) and cached["interval"] == direct["interval"]
+        assert cached["worse_share"] == direct["worse_share"]

@@ -32,6 +32,7 @@ class Evidence:
     chance: dict[str, dict]  # split -> stats.chance_level(...)
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # name -> split -> labels
     seed: int = 0
+    _scores: dict = field(default_factory=dict, repr=False)  # (name, split, metric) -> (point, per-resample scores)
 
     @classmethod
     def from_dataset(cls, dataset, num_labels: int, seed: int = 0) -> "Evidence":
@@ -45,13 +46,29 @@ class Evidence:
         if predictions and all(len(predictions.get(split, ())) == len(self.labels[split]) for split in SPLITS):
             self.predictions[name] = predictions
 
+    def scores(self, name: str, split: str, metric: str) -> tuple[float, np.ndarray]:
+        """``name``'s ``metric`` on ``split`` and on each bootstrap resample of it (the same resamples for
+        every candidate, so differences are paired); computed once per candidate and split."""
+        key = (name, split, metric)
+        if key not in self._scores:
+            labels, predicted = self.labels[split], self.predictions[name][split]
+            indices = stats.resample_indices(len(labels), stats.RESAMPLES, self.seed)
+            every = np.arange(len(labels))[None, :]
+            point = stats.scores_from_confusions(stats.confusions(labels, predicted, self.num_labels, every), metric)[0]
+            self._scores[key] = (float(point), stats.scores_from_confusions(
+                stats.confusions(labels, predicted, self.num_labels, indices), metric))
+        return self._scores[key]
+
     def difference(self, name: str, reference: str, split: str, metric: str, confidence: float = 0.95) -> dict | None:
-        """``metric(name) - metric(reference)`` on ``split``, paired bootstrap interval; None without predictions."""
+        """``metric(name) - metric(reference)`` on ``split`` with its paired bootstrap interval (as
+        :func:`rightsizer.stats.paired_difference`); None without predictions."""
         if name not in self.predictions or reference not in self.predictions:
             return None
-        return stats.paired_difference(self.labels[split], self.predictions[name][split],
-                                       self.predictions[reference][split], self.num_labels, metric,
-                                       confidence=confidence, seed=self.seed)
+        (point, resampled), (reference_point, reference_resampled) = (
+            self.scores(name, split, metric), self.scores(reference, split, metric))
+        differences = resampled - reference_resampled
+        return {"difference": round(point - reference_point, 6), "interval": stats.interval(differences, confidence),
+                "worse_share": round(float((differences < 0).mean()), 4)}
 
 
 def beats_chance(row: dict, metric: str, chance: float) -> bool:
