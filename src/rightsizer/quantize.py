@@ -197,7 +197,10 @@ def quantize_model(model, tokenizer, method: str, model_dir: Path, texts: list[s
         elif method == "onnx_int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(exported), str(target), weight_type=QuantType.QInt8)
+            # per-channel weight scales, 7-bit range (no u8s8 saturation on CPUs without VNNI): on the MiniLM
+            # benchmark's validation split -0.4 -> +0.2 pt macro-F1 against float32, and no slower
+            quantize_dynamic(str(exported), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=True)
         else:
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -207,10 +210,11 @@ def quantize_model(model, tokenizer, method: str, model_dir: Path, texts: list[s
                 quant_pre_process(str(exported), str(prepared), skip_symbolic_shape=True)
             reader = CalibrationReader(tokenizer, texts, pairs, max_length, _input_names(tokenizer))
             # matrix products and embedding lookups only: quantizing every op's activations (softmax, the
-            # attention mask's -inf additions, layer norms) cost a tiny BERT a quarter of its predictions
+            # attention mask's -inf additions, layer norms) cost a tiny BERT a quarter of its predictions;
+            # per-channel 7-bit weights as for onnx_int8 (MiniLM validation: -2.4 -> -0.1 pt)
             quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, per_channel=False,
-                            op_types_to_quantize=STATIC_OPS)
+                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, per_channel=True,
+                            reduce_range=True, op_types_to_quantize=STATIC_OPS)
             info["calibration_rows"] = len(texts)
         info.update(format="onnx", file=ONNX_FILE, dtype="fp32" if method == "onnx_fp32" else "int8", opset=OPSET)
     else:  # bf16 / fp16: the same model in half precision
