@@ -196,6 +196,9 @@ def test_reading_errors_name_lines_encodings_and_delimiters(tmp_path):
     assert card["rows"]["train"] == 18 and "café" in dataset["train"][0]["text"]
     with pytest.raises(UserError, match="looks ';'-delimited: set data.delimiter"):
         prepare(tmp_path, tmp_path / "latin.csv", encoding="latin-1", delimiter=",")
+    (tmp_path / "ragged.csv").write_text("text,label\nfine,a\nGreat battery, but it broke,b\n")
+    with pytest.raises(UserError, match="line 3 has 3 fields but the header has 2"):
+        prepare(tmp_path, tmp_path / "ragged.csv")
 
 
 def test_label_mismatch_same_columns_and_dropped_rows_are_named(tmp_path):

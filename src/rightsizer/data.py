@@ -131,6 +131,20 @@ def _delimiter(text: str, given: str | None) -> str:
         return ","
 
 
+def _ragged_row(text: str, sep: str) -> str:
+    """Which CSV line has a different number of fields than the header."""
+    import csv
+    import io
+
+    rows = csv.reader(io.StringIO(text), delimiter=sep)
+    header = next(rows, [])
+    for row in rows:
+        if row and len(row) != len(header):
+            return (f"line {rows.line_num} has {len(row)} fields but the header has {len(header)} "
+                    f"({', '.join(header)})")
+    return "its rows do not match its header"
+
+
 def _json_lines(path: Path, text: str) -> pd.DataFrame:
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -187,7 +201,16 @@ def read_table(path: Path, delimiter: str | None = None, encoding: str | None = 
         import io
 
         sep = "\t" if kind == "tsv" and not delimiter else _delimiter(text, delimiter)
-        return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=True)
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                # a row with more fields than the header would become the index or lose fields: refuse it
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=True, index_col=False)
+        except (pd.errors.ParserWarning, pd.errors.ParserError):
+            raise UserError(f"'{path}': {_ragged_row(text, sep)}; quote texts that contain {sep!r} or set "
+                            "data.delimiter") from None
     except UserError:
         raise
     except pd.errors.EmptyDataError:
