@@ -202,3 +202,14 @@ def test_of_a_kind_or_a_candidate_called_like_one(tiny_config):
     config = tiny_config(students=students, quantize=[{"of": "student", "method": "dynamic_int8", "name": "q"}])
     assert [name for name, _ in config.quantize_plan("s", "student")] == ["s-q"]
     assert config.quantize_plan("s-nodistill", "student", control=True) == []  # controls only by name
+
+
+def test_the_model_card_names_the_entry_that_made_a_quantized_form(tiny_config):
+    from rightsizer.stages.report.model_card import candidate_config
+
+    config = tiny_config(quantize=[{"of": "teacher", "method": "onnx_int8"},
+                                   {"of": "all", "method": "dynamic_int8", "name": "q8"}])
+    row = {"name": "teacher-q8", "kind": "quantized", "source": "teacher"}
+    assert candidate_config(row, config) == ("quantize", {"of": "all", "method": "dynamic_int8", "name": "q8"})
+    row = {"name": "teacher-onnx-int8", "kind": "quantized", "source": "teacher"}
+    assert candidate_config(row, config) == ("quantize", {"of": "teacher", "method": "onnx_int8"})

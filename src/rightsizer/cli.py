@@ -169,7 +169,9 @@ def _print_run(output: Path, elapsed: float) -> None:
     else:
         console.print(f"[bold yellow]no recommendation:[/] {board.reason}.", highlight=False)
     if board.recommended_path:
-        console.print(f"model: {output / board.recommended_path} (from_pretrained; model card README.md)", highlight=False)
+        chosen = next((row for row in board.candidates if row.name == board.recommended), None)
+        loads = "rightsizer.quantize.load_quantized" if chosen is not None and chosen.kind == "quantized" else "from_pretrained"
+        console.print(f"model: {output / board.recommended_path} ({loads}; model card README.md)", highlight=False)
     for line in ((details.get("confirmation") or {}).get("statement"), details.get("cost_statement"),
                  (details.get("speed") or {}).get("statement")):
         if line:

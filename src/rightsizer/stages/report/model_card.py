@@ -19,10 +19,12 @@ def candidate_config(row: dict, config) -> tuple[str, dict] | None:
     from rightsizer import candidates
 
     dump = lambda item: item.model_dump(mode="json", exclude_defaults=True)  # noqa: E731
-    if row.get("kind") == "quantized":
-        entries = [dump(entry) for entry in config.quantize if entry.of in (row.get("source"), "all")
-                   or entry.name == row["name"]]
-        return ("quantize", {"of": row.get("source"), "entries": entries}) if entries else None
+    if row.get("kind") == "quantized":  # the entry that made it: the source's plan, by the candidate's name
+        source = row.get("source") or ""
+        kind = config.candidate_kinds().get(source, "slice")  # auto slices are known at run time only
+        made = [entry for name, entry in config.quantize_plan(source, kind, source in config.controls())
+                if name == row["name"]]
+        return ("quantize", dump(made[0])) if made else None
     if row.get("kind") == "slice" and config.probe is not None:
         return "probe (a slice of the probed model, fine-tuned)", dump(config.probe)
     made = next((c for c in candidates.every(config) if c.name == row["name"]), None)
