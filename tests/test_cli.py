@@ -262,3 +262,11 @@ def test_help_version_examples_and_discovery(capsys):
     code, out, _ = cli(["presets"], capsys)
     assert code == 0 and "tiny-bert-2l" in out
     assert all(len(line) <= 120 for line in out.splitlines())
+
+
+def test_compile_leaves_a_model_path_of_the_image_to_the_cluster(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", teachers=[{"name": "teacher", "model": "/models/in-the-image"}])
+    code, _, err = cli(["compile", config, "-o", tmp_path / "p.yaml"], capsys)
+    assert code == 0, err
+    code, _, err = cli(["validate", config], capsys)  # validate and run check what this machine will read
+    assert_one_line_error(code, err, "not found")

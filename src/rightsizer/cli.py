@@ -49,15 +49,19 @@ def example(*lines: str) -> str:
 SetOption = typer.Option(None, "--set", "-s", help="override a config key: key.path=value (repeatable)")
 
 
-def _load(config_path: Path, overrides: Optional[list[str]], check: bool = True):
-    """Load and validate a config; ``check`` also runs every up-front check (rightsizer validate)."""
+def _load(config_path: Path, overrides: Optional[list[str]], check: bool = True, here: bool = True):
+    """Load and validate a config; ``check`` also runs every up-front check (rightsizer validate).
+
+    ``here=False`` (compile, submit, schedule): the run happens on a cluster, so a local model path that
+    is not on this machine is left for the cluster to check.
+    """
     from rightsizer.config import load_config
 
     config = load_config(config_path, overrides or [])
     if check:
         from rightsizer.validate import validate
 
-        validate(config)
+        validate(config, here=here)
     return config
 
 
@@ -239,7 +243,7 @@ def compile_command(
     """Compile the pipeline to KFP IR YAML (upload it in the KFP UI)."""
     from rightsizer.pipeline import compile_pipeline
 
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, here=False)
     path = compile_pipeline(config, output)
     console.print(f"wrote {path}")
     if trainjobs is not None:
@@ -263,7 +267,7 @@ def config_show(
     """Print the resolved config as YAML: every key with its value or default, each stage's resources resolved."""
     import yaml
 
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, check=False)
     sys.stdout.write(f"# {config_path}, resolved: every default filled in, resources resolved per stage\n")
     sys.stdout.write(yaml.safe_dump(config.resolved(), sort_keys=False, allow_unicode=True, width=120))
 
@@ -290,7 +294,7 @@ def submit(
     """Create one run of the pipeline on a Kubeflow Pipelines cluster."""
     from rightsizer import kfp_client
 
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, here=False)
     result = kfp_client.submit(config, host, experiment=experiment, namespace=namespace, run_name=run_name,
                                kube_context=kube_context, service_account=service_account)
     console.print(f"submitted run {result.run_id}: {result.url}")
@@ -314,7 +318,7 @@ def schedule(
     from rightsizer import kfp_client
 
     kfp_client.validate_cron(cron)  # before anything else: a typo should cost nothing
-    config = _load(config_path, overrides)
+    config = _load(config_path, overrides, here=False)
     result = kfp_client.schedule(config, host, cron, max_concurrency=max_concurrency, experiment=experiment,
                                  namespace=namespace, name=name, catchup=catchup, kube_context=kube_context,
                                  service_account=service_account)

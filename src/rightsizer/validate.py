@@ -40,8 +40,9 @@ def _preset_config(reference: str):
 class Models:
     """Model configs (no weights) by reference, looked up once each."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, here: bool = True):
         self.report = report
+        self.here = here  # False: the run happens elsewhere (a cluster), where local paths may differ
         self.cache: dict[str, object] = {}
 
     def config(self, reference: str, what: str):
@@ -54,9 +55,18 @@ class Models:
         if kind == "preset":
             config = _preset_config(reference)
         elif kind == "local":
+            from pathlib import Path
+
             from transformers import AutoConfig
 
-            source = _source(reference, kind)  # checks the directory, config.json and weights
+            if self.here:
+                source = _source(reference, kind)  # checks the directory, config.json and weights
+            elif (Path(reference).expanduser() / "config.json").exists():
+                source = str(Path(reference).expanduser())  # the architecture is enough to compile
+            else:
+                self.report.notes.append(f"{reference}: not here; its layers and modules are checked where it runs")
+                self.cache[reference] = None
+                return None
             try:
                 config = AutoConfig.from_pretrained(source, trust_remote_code=False)
             except (OSError, ValueError) as exc:
@@ -241,11 +251,15 @@ def check_data(config: RunConfig, report: Report) -> None:
         template_for(prompting, card["pair_task"])
 
 
-def validate(config: RunConfig, data: bool = False) -> Report:
-    """Raise UserError on the first problem; return what was checked (and what could not be, offline)."""
+def validate(config: RunConfig, data: bool = False, here: bool = True) -> Report:
+    """Raise UserError on the first problem; return what was checked (and what could not be, offline).
+
+    ``here``: the run happens on this machine (run, stage, validate); compile, submit and schedule pass
+    False, and a local model path that is not here (a path in the image) is left to the cluster.
+    """
     started = time.perf_counter()
     report = Report()
-    models = Models(report)
+    models = Models(report, here)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # library deprecation notes are no concern of the config's author
         for teacher in config.teachers:
