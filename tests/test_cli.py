@@ -270,3 +270,24 @@ def test_compile_leaves_a_model_path_of_the_image_to_the_cluster(tmp_path, capsy
     assert code == 0, err
     code, _, err = cli(["validate", config], capsys)  # validate and run check what this machine will read
     assert_one_line_error(code, err, "not found")
+
+
+def test_predict_on_a_model_directory_and_its_int8_form(tmp_path, capsys):
+    from rightsizer.models import load_classifier
+    from rightsizer.quantize import quantize_model
+
+    texts = ["good value", "bad value", "fine I guess"] * 20
+    model, tokenizer = load_classifier("tiny-bert-2l", ["negative", "neutral", "positive"], texts, seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    quantize_model(model, tokenizer, "dynamic_int8", tmp_path / "int8", texts, None, 32, "model", tmp_path / "scratch")
+    capsys.readouterr()  # setup's own output
+    answers = {}
+    for name in ("model", "int8"):
+        code, out, err = cli(["predict", tmp_path / name, "--text", "good value", "--text", "bad value"], capsys)
+        assert code == 0 and not err, err
+        answers[name] = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    assert [row[0] for row in answers["model"]] == [row[0] for row in answers["int8"]]
+    assert all(abs(float(a[1]) - float(b[1])) < 0.05 for a, b in zip(answers["model"], answers["int8"]))
+    code, _, err = cli(["predict", tmp_path / "model"], capsys)
+    assert_one_line_error(code, err, "give the texts with --text")

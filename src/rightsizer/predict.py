@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rightsizer.errors import UserError, did_you_mean, one_of
 
-TRAINED_STAGES = ("teacher", "distill", "adapter", "adapters", "slice")
+TRAINED_STAGES = ("teacher", "distill", "adapter", "adapters", "slice", "quantize")
 
 
 def _model_dir(path: Path) -> Path | None:
@@ -121,7 +121,14 @@ def predict(model_dir: Path, inputs: dict[str, list[str]], max_length: int | Non
 
     hf_logging.disable_progress_bar()  # the answer, not a weight-loading bar, on the console
     hf_logging.set_verbosity_error()
-    model, tokenizer = load_saved(model_dir)
+    from rightsizer.quantize import FORMAT_FILE, load_quantized
+
+    # a quantized candidate (ONNX Runtime, int8, half precision) loads its own way
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on its quantized tensors are no concern here
+        model, tokenizer = load_quantized(model_dir) if (model_dir / FORMAT_FILE).exists() else load_saved(model_dir)
     max_length = max_length or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     logits, _, _ = predict_logits(model, tokenizer, datasets.Dataset.from_dict(inputs), max_length)
     shifted = logits - logits.max(axis=-1, keepdims=True)
