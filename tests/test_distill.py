@@ -41,8 +41,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+FIXED = {"targets": "in_sample", "temperature": 2.0, "alpha": 0.5}  # the pinned runs: no fold teachers, no sweep
+
+
 def student_config(*students, overrides=None, **sections):
-    return config_from_dict(tiny_raw(students=list(students), **sections), overrides)
+    return config_from_dict(tiny_raw(students=[{**FIXED, **s} for s in students], **sections), overrides)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +194,7 @@ def test_student_with_its_own_tokenizer_learns_from_cached_logits(tmp_path, demo
     # online, the teacher reads its own tokenization of each batch; hidden states are matched mean-pooled
     online = student_config({"name": "bpe-student", "model": str(tmp_path / "bpe"), "hidden_weight": 1.0,
                              "max_steps": 4, "logging_steps": 2, "learning_rate": 3e-3})
+    assert online.students[0].targets == "in_sample"  # online teachers see each batch: no out-of-fold default
     summary = distill.run(online, demo_data, bundle, tmp_path / "online")
     assert summary["teacher_logits"] == "online" and summary["teacher_tokens"] == {"teacher": "own"}
     assert summary["hidden_matching"] == {"teacher": "pooled"}
@@ -289,6 +293,14 @@ def test_val_score_weighting_across_two_teachers(tmp_path, demo_data, trained_te
     ({"students": [{"name": "s", "model": "tiny-bert-2l", "layer_map": {0: 1}}]}, "set hidden_weight > 0"),
     ({"students": [{"name": "s", "model": "tiny-bert-2l", "hidden_weight": 1, "teacher_logits": "cached"}]},
      "teacher_logits: online"),
+    ({"students": [{"name": "s", "model": "tiny-bert-4l"}]}, "student 's' has 4 layers but teacher 'teacher' has 2"),
+    ({"students": [{"name": "s", "from_teacher_layers": [0, 1, 1]}]}, "must not be deeper than its teachers"),
+    ({"students": [{"name": "s", "model": "tiny-bert-2l", "hidden_weight": 1, "targets": "out_of_fold"}]},
+     "set targets: in_sample"),
+    ({"students": [{"name": "s", "model": "tiny-bert-2l", "augment": {"method": "swap"}}]}, "copies >= 1"),
+    ({"students": [{"name": "s", "model": "tiny-bert-2l", "temperature": "hot"}]}, "temperature"),
+    ({"students": [{"name": "a", "model": "tiny-bert-2l", "folds": 3}, {"name": "b", "model": "tiny-bert-2l"}]},
+     "different numbers of folds"),
 ])
 def test_bad_config_is_one_clear_error(raw, message):
     with pytest.raises(UserError, match=message):
@@ -335,7 +347,7 @@ def test_local_pipeline_with_a_student_and_its_control(tmp_path, monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the tasks run as subprocesses
 
-    raw = tiny_raw(students=[{"name": "student-2l", "model": "tiny-bert-2l", "max_steps": 5}])
+    raw = tiny_raw(students=[{"name": "student-2l", "model": "tiny-bert-2l", "max_steps": 8, "folds": 2}])
     raw["data"].update({"max_train_samples": 300, "max_eval_samples": 100})
     raw["teachers"][0]["max_steps"] = 5
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
@@ -347,4 +359,8 @@ def test_local_pipeline_with_a_student_and_its_control(tmp_path, monkeypatch):
     rows = {r["name"]: r for r in json.loads((tmp_path / "out" / "candidates.json").read_text())}
     assert rows["student-2l"]["teachers"] == ["teacher"] and rows["student-2l-nodistill"]["control_of"] == "student-2l"
     summaries = [json.loads(p.read_text()) for p in (tmp_path / "out" / "stages").rglob("summary.json")]
-    assert {s["stage"] for s in summaries} >= {"teacher", "teacher-logits", "distill", "evaluate"}
+    assert {s["stage"] for s in summaries} >= {"teacher", "fold-teacher", "teacher-logits", "distill", "evaluate"}
+    folds = sorted(s["fold"] for s in summaries if s["stage"] == "fold-teacher")
+    assert folds == [0, 1]  # out-of-fold targets by default: two fold-teacher tasks
+    student = next(s for s in summaries if s["stage"] == "distill" and s["name"] == "student-2l")
+    assert student["targets"] == "out_of_fold" and len(student["sweep"]) == 6

@@ -387,6 +387,7 @@ def stage(
     out: str = typer.Option(..., "--out", help="output directory, or an s3:// prefix to upload it to when done"),
     member: Optional[str] = typer.Option(None, "--name", help="which teacher/student/adapter (default: the first)"),
     kind: Optional[str] = typer.Option(None, "--kind", help="evaluate: candidate kind"),
+    fold: Optional[int] = typer.Option(None, "--fold", help="fold-teacher: which fold (0..folds-1) it holds out"),
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     from rightsizer.plan import stage as stage_named
@@ -426,6 +427,8 @@ def stage(
         kwargs["name"] = member
     if kind is not None and "kind" in parameters:
         kwargs["kind"] = kind
+    if fold is not None and "fold" in parameters:
+        kwargs["fold"] = fold
     # pods outside KFP (TrainJob nodes) read inputs from and write outputs to the object store
     remote = [value for value in [*inputs, out] if storage.is_uri(value)]
     scratch = Path(tempfile.mkdtemp(prefix="rightsizer-stage-")) if remote else None

@@ -70,6 +70,9 @@ class DataConfig(Strict):
             except LookupError:
                 raise ValueError(f"unknown encoding {value!r}; e.g. utf-8, latin-1, cp1252, utf-16") from None
         return value
+    unlabeled_source: str | None = Field(
+        None, description="extra in-domain text (text column only; any source 'source' accepts) that the teachers "
+        "label for distillation's transfer set")
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":
@@ -101,14 +104,56 @@ class TeacherConfig(TrainingOptions):
     model: str = Field("tiny-bert-4l", description="preset | local dir | hub id")
 
 
+class AugmentConfig(Strict):
+    """Augmented copies of the training texts for the transfer set (labelled by the teachers' soft targets)."""
+
+    method: Literal["mlm", "swap", "none"] = Field(
+        "none", description="mlm: replace ~mask_prob of the words with a masked LM's fills (augment.model, default "
+        "the teacher's pretrained model; without a masked-LM head, the teacher's own word-embedding neighbours); "
+        "swap: swap and drop words; none: no copies")
+    copies: int = Field(0, ge=0, le=64, description="augmented copies per training text")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="share of words replaced (mlm) or moved (swap)")
+    model: str | None = Field(None, description="masked LM for method mlm (default: the first teacher's model)")
+
+    @model_validator(mode="after")
+    def _copies(self) -> "AugmentConfig":
+        if self.method == "none" and self.copies:
+            raise ValueError("augment.copies > 0 needs augment.method mlm or swap")
+        if self.method != "none" and not self.copies:
+            raise ValueError(f"augment.method {self.method} needs augment.copies >= 1")
+        if self.model is not None and self.method != "mlm":
+            raise ValueError("augment.model is only used by augment.method mlm")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.method != "none"
+
+
+TEMPERATURE_GRID = (1.0, 2.0, 4.0)  # temperature: auto sweeps these
+ALPHA_GRID = (0.5, 0.9)             # alpha: auto sweeps these
+
+
 class StudentConfig(TrainingOptions):
     name: str = Field("student", pattern=NAME_PATTERN)
     model: str | None = Field(None, description="preset | local dir | hub id")
     from_teacher_layers: list[int] | None = Field(None, description="build the student from these teacher layers")
     teacher: str | None = Field(None, description="teacher whose layers from_teacher_layers copies (default: the first)")
-    temperature: float = Field(2.0, gt=0, le=100)
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of the KD term vs hard-label CE")
-    hidden_weight: float = Field(0.0, ge=0, description="hidden-state MSE weight")
+    temperature: float | Literal["auto"] = Field(
+        "auto", description=f"softmax temperature, or auto: the best of {list(TEMPERATURE_GRID)} on validation "
+        "after short runs")
+    alpha: float | Literal["auto"] = Field(
+        "auto", description=f"weight of the KD term vs hard-label CE, or auto: the best of {list(ALPHA_GRID)} on "
+        "validation after short runs")
+    sweep_epochs: float | None = Field(
+        None, gt=0, description="length of each auto sweep run (default: a quarter of the schedule, at least 1 epoch)")
+    hidden_weight: float = Field(0.0, ge=0, description="hidden-state loss weight (standardised states, learned projection)")
+    targets: Literal["out_of_fold", "in_sample"] = Field(
+        "out_of_fold", description="out_of_fold: each training row's soft target comes from a fold teacher that did "
+        "not train on it (K extra teacher trainings); in_sample: the full teacher's targets on its own training rows "
+        "(the default for online teachers)")
+    folds: int = Field(5, ge=2, le=20, description="fold teachers per teacher for targets: out_of_fold")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     layer_map: dict[int, int] | None = Field(None, description="student layer -> teacher layer")
     teacher_weighting: Literal["mean", "val_score"] = "mean"
     teacher_logits: Literal["auto", "cached", "online"] = Field(
@@ -116,6 +161,17 @@ class StudentConfig(TrainingOptions):
         "every step; auto: cached unless hidden_weight > 0 (hidden-state matching needs online)")
     control: bool = Field(True, description="also train the student on the data alone (alpha = 0)")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_targets(cls, data: Any) -> Any:
+        """Online teachers read each batch as it comes, so their targets are in-sample unless asked otherwise."""
+        if isinstance(data, dict) and "targets" not in data:
+            online = data.get("teacher_logits") == "online" or (
+                data.get("teacher_logits", "auto") == "auto" and float(data.get("hidden_weight") or 0) > 0)
+            if online:
+                data = {**data, "targets": "in_sample"}
+        return data
 
     @model_validator(mode="after")
     def _one_model(self) -> "StudentConfig":
@@ -135,7 +191,15 @@ class StudentConfig(TrainingOptions):
         if self.hidden_weight > 0 and self.teacher_logits == "cached":
             raise ValueError("hidden_weight > 0 needs the teachers' hidden states every step; "
                              "set teacher_logits: online (or auto)")
+        if self.online and (self.targets == "out_of_fold" or self.augment.active):
+            raise ValueError("online teachers (hidden_weight > 0 or teacher_logits: online) see each batch as it comes: "
+                             "set targets: in_sample and augment.method: none, or use cached logits")
         return self
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether temperature or alpha is chosen by a validation sweep."""
+        return self.temperature == "auto" or self.alpha == "auto"
 
     @property
     def online(self) -> bool:
@@ -505,6 +569,11 @@ class RunConfig(Strict):
                     f"student '{student.name}': teacher '{student.teacher}' is not a configured teacher "
                     f"({one_of(teacher_names)})"
                 )
+        self._students_not_deeper_than_teachers()
+        folds = sorted({s.folds for s in self.students if s.targets == "out_of_fold" and not s.online})
+        if len(folds) > 1:
+            raise ValueError(f"out_of_fold students ask for different numbers of folds ({folds}); one run trains one "
+                             "set of fold teachers: give them the same 'folds'")
         if self.probe is not None:
             if self.probe.model == "teacher" and "teacher" not in teacher_names:
                 raise ValueError(f"probe.model 'teacher' names no configured teacher ({one_of(teacher_names) or 'none'}); "
@@ -514,6 +583,26 @@ class RunConfig(Strict):
                 if clash:
                     raise ValueError(f"slice candidate names clash with other candidates: {', '.join(clash)}")
         return self
+
+    def _students_not_deeper_than_teachers(self) -> None:
+        """A student with more layers than a teacher is no right-sizing (and its layer map would point below the
+        teacher's first layer); checked from the models' configs, skipped where a depth is unknown (hub ids)."""
+        from rightsizer.models import model_depth
+
+        try:
+            depths = {t.name: model_depth(t.model) for t in self.teachers}
+        except UserError:
+            return  # an unresolvable model reference is reported where it is loaded
+        for student in self.students:
+            try:
+                depth = len(student.from_teacher_layers) if student.from_teacher_layers else model_depth(student.model)
+            except UserError:
+                continue
+            deeper = [(name, d) for name, d in depths.items() if depth is not None and d is not None and depth > d]
+            if deeper:
+                name, teacher_depth = deeper[0]
+                raise ValueError(f"student '{student.name}' has {depth} layers but teacher '{name}' has {teacher_depth}; "
+                                 "a student must not be deeper than its teachers (use fewer layers)")
 
     @model_validator(mode="after")
     def _adapters_and_prompting(self) -> "RunConfig":

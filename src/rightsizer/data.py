@@ -537,9 +537,67 @@ def _subsample(splits: dict[str, pd.DataFrame], data: DataConfig, seed: int, lab
     return out
 
 
-def save_prepared(dataset, card: dict, directory: Path) -> None:
+UNLABELED_DIR = "unlabeled"
+
+
+def prepare_unlabeled(data: DataConfig, dataset) -> tuple[Any, dict]:
+    """``data.unlabeled_source`` as a text-only ``Dataset`` (``id``, ``text``[, ``text_pair``]) and its counts.
+
+    Rows whose text is blank or repeats a training, validation or test text are dropped: the teachers label
+    this text for the students, so a held-out text in it would leak into training.
+    """
+    import datasets
+
+    loaded = load_source(data.model_copy(update={"source": data.unlabeled_source}))
+    text_column, pair_column = data.text_column, data.text_pair_column
+    if loaded.defaults and data.unlabeled_source.strip().startswith("builtin:"):
+        text_column = loaded.defaults["text_column"] if text_column == "text" else text_column
+        pair_column = pair_column or loaded.defaults["text_pair_column"]
+    pair = "text_pair" in dataset["train"].column_names
+    frames = []
+    for split, frame in loaded.splits.items():
+        _check_columns(frame, {"text_column": text_column, **({"text_pair_column": pair_column} if pair else {})}, split)
+        out = pd.DataFrame({"text": frame[text_column]})
+        if pair:
+            out["text_pair"] = frame[pair_column]
+        frames.append(out)
+    frame = pd.concat(frames, ignore_index=True)
+    blank = _is_blank(frame["text"]) | (_is_blank(frame["text_pair"]) if pair else False)
+    frame = frame[~blank].astype(str)
+    key = (frame["text"] + "\x1f" + frame["text_pair"]) if pair else frame["text"]
+    seen = set()
+    for split in dataset:
+        rows = dataset[split]
+        seen.update(f"{a}\x1f{b}" for a, b in zip(rows["text"], rows["text_pair"])) if pair else seen.update(rows["text"])
+    held = key.isin(seen)
+    repeated = key.duplicated() & ~held
+    frame = frame[~held & ~repeated].reset_index(drop=True)
+    if len(frame) == 0:
+        raise UserError(f"data.unlabeled_source '{data.unlabeled_source}' has no text beyond the labelled data's "
+                        f"({int(blank.sum())} blank, {int(held.sum())} already in train/validation/test)")
+    features = {"id": datasets.Value("int64"), "text": datasets.Value("string")}
+    if pair:
+        features["text_pair"] = datasets.Value("string")
+    unlabeled = datasets.Dataset.from_pandas(frame.assign(id=np.arange(len(frame), dtype=np.int64))[list(features)],
+                                             features=datasets.Features(features), preserve_index=False)
+    counts = {"rows": len(frame), "dropped_blank": int(blank.sum()), "dropped_in_labelled_data": int(held.sum()),
+              "dropped_repeated": int(repeated.sum())}
+    return unlabeled, counts
+
+
+def save_prepared(dataset, card: dict, directory: Path, unlabeled=None) -> None:
     dataset.save_to_disk(str(directory / "dataset"))
+    if unlabeled is not None:
+        unlabeled.save_to_disk(str(directory / UNLABELED_DIR))
     (directory / "card.json").write_text(json.dumps(card, indent=2))
+
+
+def load_unlabeled(directory: str | Path):
+    """The prepared unlabeled text (``data.unlabeled_source``), or None when the run has none."""
+    import datasets
+
+    path = Path(directory) / UNLABELED_DIR
+    return datasets.load_from_disk(str(path)) if path.is_dir() else None
 
 
 def load_prepared(directory: str | Path):

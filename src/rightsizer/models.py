@@ -214,6 +214,26 @@ def describe(reference: str) -> str:
     return "hub"
 
 
+DEPTH_KEYS = ("num_hidden_layers", "n_layers", "n_layer")  # BERT/Llama style, DistilBERT, GPT-2
+
+
+def model_depth(reference: str) -> int | None:
+    """Transformer layers of a preset or a local/package model (its config only); None where unknown (hub ids)."""
+    from types import SimpleNamespace
+
+    if reference in PRESETS:
+        config = PRESETS[reference].build_config(PRESETS[reference].vocab_size, SimpleNamespace(pad_token_id=0))
+        values = config.to_dict()
+    elif describe(reference) == "local":
+        path = package_model_dir(reference) if reference.startswith("package:") else Path(reference).expanduser()
+        if not (path / "config.json").exists():
+            return None
+        values = json.loads((path / "config.json").read_text())
+    else:
+        return None
+    return next((int(values[key]) for key in DEPTH_KEYS if isinstance(values.get(key), int)), None)
+
+
 def _unknown(reference: str, reason: str) -> UserError:
     return UserError(
         f"model '{reference}' is not a preset{did_you_mean(reference, PRESETS)} (presets: {one_of(PRESETS)}), "

@@ -37,10 +37,12 @@ class Components:
     distill: object
     quantize: object
     evaluate_quantized: object  # the evaluate component on the quantize stage's resources and image
+    fold_teacher: object
 
 
 # the stage (rightsizer.plan.STAGES) each component's tasks run, which decides their image (CUDA with GPUs)
 COMPONENT_STAGES = {"prepare": "prepare", "teacher": "teacher", "teacher_logits": "teacher-logits",
+                    "fold_teacher": "fold-teacher",
                     "distill": "distill", "adapter": "adapters", "probe": "probe", "slice": "slice",
                     "evaluate": "evaluate", "prompting": "prompting", "report": "report", "quantize": "quantize",
                     "evaluate_quantized": "quantize"}
@@ -52,7 +54,7 @@ def load_components(config: RunConfig, local: bool = False) -> "Components":
     from kfp import dsl
 
     from rightsizer_components import adapters, evaluate, prepare, probe, prompting, report, teacher
-    from rightsizer_components import distill, quantize, teacher_logits
+    from rightsizer_components import distill, fold_teacher, quantize, teacher_logits
     from rightsizer_components import slice as slice_component
 
     def wrap(field, component):
@@ -66,7 +68,8 @@ def load_components(config: RunConfig, local: bool = False) -> "Components":
                       adapter=wrap("adapter", adapters.adapter), prompting=wrap("prompting", prompting.prompting),
                       teacher_logits=wrap("teacher_logits", teacher_logits.teacher_logits),
                       distill=wrap("distill", distill.distill), quantize=wrap("quantize", quantize.quantize),
-                      evaluate_quantized=wrap("evaluate_quantized", evaluate.evaluate))
+                      evaluate_quantized=wrap("evaluate_quantized", evaluate.evaluate),
+                      fold_teacher=wrap("fold_teacher", fold_teacher.fold_teacher))
 
 
 def task_gpus(config: RunConfig, stage_name: str) -> int:
@@ -164,6 +167,9 @@ def build_pipeline(config: RunConfig, local: bool = False):
     adapter_names = [c.name for c in candidates.adapters(config)]
     prompting_rows = [c.name for c in candidates.prompting(config)]
     quantized_kinds = config.quantized_kinds()
+    from rightsizer.stages.fold_teacher import fold_tasks
+
+    fold_items = fold_tasks(config)
 
     @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")
     def rightsize(config_json: str = config_json):
@@ -195,8 +201,15 @@ def build_pipeline(config: RunConfig, local: bool = False):
             if student_runs:
                 # one task sees every teacher (Collected can't feed a task inside a loop): it caches their
                 # logits on the training split; each student and each data-only control reads that bundle
+                folds = {}
+                if fold_items:
+                    # out-of-fold targets: K fold teachers per teacher, ordinary training tasks beside the teachers
+                    with dsl.ParallelFor(fold_items, name="fold-teachers") as task:
+                        fold = parts.fold_teacher(config_json=config_json, task=task, data=data)
+                        place(fold, config, "fold-teacher").set_display_name("fold-teacher")
+                    folds["folds"] = dsl.Collected(fold.outputs["model"])
                 gathered = parts.teacher_logits(config_json=config_json, data=data,
-                                                teachers=dsl.Collected(teach.outputs["model"]))
+                                                teachers=dsl.Collected(teach.outputs["model"]), **folds)
                 place(gathered, config, "teacher-logits").set_display_name("teacher-logits")
                 with dsl.ParallelFor(student_runs, name="students") as student_name:
                     distilled = parts.distill(config_json=config_json, name=student_name, data=data,

@@ -64,6 +64,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("prepare", "prepare", "prepare", help="load, validate and split the data"),
     Stage("teacher", "teacher", "teachers", ("data_dir",), launches=True, cache=False, shm=True,
           help="fine-tune one teacher in full (--name picks it)"),
+    Stage("fold-teacher", "fold_teacher", "teachers", ("data_dir",), cache=False, shm=True,
+          help="one fold teacher for out-of-fold distillation targets (--name teacher --fold K)"),
     Stage("teacher-logits", "teacher_logits", "teacher_logits", ("data_dir", "*teacher_dirs"), cache=False, shm=True,
           help="gather the teachers for the students, caching their logits"),
     Stage("distill", "distill", "students", ("data_dir", "teachers_dir"), launches=True, cache=False, shm=True,

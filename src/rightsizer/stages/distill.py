@@ -1,9 +1,15 @@
 """Stage: distillation. Train one student from all teachers (or, as its control, from the data alone).
 
 ``name`` is a configured student, or ``<student>-nodistill`` for its data-only control: the same
-model, initialisation, seed and schedule with ``alpha = 0`` (plain cross-entropy), so the report
-shows what distillation added. Inputs are the prepared data and the teacher bundle written by the
-teacher-logits stage; the loss and the ``Trainer`` subclass live in :mod:`rightsizer.train.distill`.
+model, initialisation, seed and schedule on the same labelled rows with plain cross-entropy; it never sees a
+soft target. When the student has augmented copies of the training texts in its transfer set, the control
+trains on those copies too, with their original labels (not the teacher's), so the comparison isolates what
+the teachers add; unlabeled text has no label and only the student gets it.
+
+The student's soft targets are out-of-fold by default (``targets``), its transfer set comes from the bundle,
+and ``temperature: auto`` / ``alpha: auto`` are chosen by short runs scored on validation. Inputs are the
+prepared data and the teacher bundle written by the teacher-logits stage (refused if made from other data);
+the loss and the ``Trainer`` subclass live in :mod:`rightsizer.train.distill`.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from pathlib import Path
 
 from rightsizer import candidates, launch
 from rightsizer.config import RunConfig, StudentConfig
-from rightsizer.data import load_prepared, tokenize
+from rightsizer.config import ALPHA_GRID, TEMPERATURE_GRID
+from rightsizer.data import load_prepared, load_unlabeled, tokenize
 from rightsizer.errors import UserError
 from rightsizer.models import count_parameters, describe, load_classifier, load_saved, saved_label_names
 from rightsizer.outputs import stage_output, write_json
-from rightsizer.stages.teacher_logits import cached_logits, check_labels, read_bundle, teacher_model_dir
+from rightsizer.stages.teacher_logits import cached_logits, check_labels, read_bundle, teacher_model_dir, transfer_set
 from rightsizer.train import fine_tune, training_texts
 
 
@@ -105,16 +112,18 @@ def checked_layer_map(student: StudentConfig, student_layers: int, teacher: str,
     return layer_map
 
 
-def distillation_setup(config: RunConfig, student: StudentConfig, bundle: dict, model, tokenizer) -> tuple[dict, dict]:
+def distillation_setup(config: RunConfig, student: StudentConfig, bundle: dict, model, tokenizer,
+                       temperature: float, alpha: float) -> tuple[dict, dict]:
     """(trainer kwargs for DistillationTrainer, summary facts); every check that can fail runs here, before training."""
     from rightsizer.train.distill import hidden_projections, teacher_weights
 
     names = [t["name"] for t in bundle["teachers"]]
     scores = [t["validation"].get(config.report.metric, 0.0) for t in bundle["teachers"]]
     weights = teacher_weights(scores, student.teacher_weighting)
-    kwargs = {"temperature": student.temperature, "alpha": student.alpha, "weights": weights}
+    kwargs = {"temperature": temperature, "alpha": alpha, "weights": weights}
     facts = {"teachers": names, "teacher_weights": [round(float(w), 6) for w in weights],
-             "teacher_logits": "online" if student.online else "cached"}
+             "teacher_logits": "online" if student.online else "cached",
+             "targets": None if student.online else student.targets}
     if student.online:
         if student.hidden_weight > 0:
             kwargs["hidden_weight"] = student.hidden_weight
@@ -131,19 +140,74 @@ def distillation_setup(config: RunConfig, student: StudentConfig, bundle: dict, 
     return kwargs, facts
 
 
-def with_cached_logits(bundle: dict, train):
+def with_cached_logits(bundle: dict, train, out_of_fold: bool = False):
     """The tokenized training split with a ``teacher_logits`` (teachers, classes) column, looked up by example id."""
     import datasets
 
     from rightsizer.train.distill import TEACHER_LOGITS
 
-    logits = cached_logits(bundle, train["id"])
+    logits = cached_logits(bundle, train["id"], out_of_fold)
     feature = datasets.Array2D(shape=logits.shape[1:], dtype="float32")
     return train.add_column(TEACHER_LOGITS, logits.tolist(), feature=feature)
 
 
+def plain_labels(split):
+    """``label`` as plain int64 (ClassLabel refuses the -100 of unlabeled transfer rows)."""
+    import datasets
+
+    return split.cast_column("label", datasets.Value("int64"))
+
+
+def with_transfer(tokenized_train, transfer, tokenizer, max_length: int, control: bool):
+    """The training rows plus the transfer set: with the teachers' logits for the student; for the control only
+    the augmented copies, with their original labels and no logits."""
+    import datasets
+
+    from rightsizer.train.distill import TEACHER_LOGITS
+
+    if control:
+        transfer = transfer.filter(lambda origin: origin >= 0, input_columns="origin_id").remove_columns(TEACHER_LOGITS)
+        if len(transfer) == 0:
+            return tokenized_train
+    encoded = tokenize(transfer.remove_columns("origin_id"), tokenizer, max_length, "text_pair" in transfer.column_names)
+    train = plain_labels(tokenized_train)
+    return datasets.concatenate_datasets([train, encoded.select_columns(train.column_names)])
+
+
+def training_sets(config: RunConfig, student: StudentConfig, control: bool, bundle: dict, dataset, tokenizer,
+                  trainer_kwargs: dict, facts: dict, transfer):
+    """The tokenized splits one run trains and validates on."""
+    pair = "text_pair" in dataset["train"].column_names
+    tokenized = tokenize(dataset, tokenizer, config.data.max_length, pair)
+    if facts["teacher_logits"] == "cached":
+        tokenized["train"] = with_cached_logits(bundle, tokenized["train"], student.targets == "out_of_fold")
+    elif trainer_kwargs.get("teacher_tokenizers"):
+        tokenized["train"] = with_teacher_tokens(tokenized["train"], dataset["train"],
+                                                 trainer_kwargs["teacher_tokenizers"], config.data.max_length)
+    if transfer is not None and (control or facts["teacher_logits"] == "cached"):
+        tokenized["train"] = with_transfer(tokenized["train"], transfer, tokenizer, config.data.max_length, control)
+    return tokenized
+
+
+def sweep_options(options, student: StudentConfig):
+    """The short schedule of one temperature/alpha sweep run."""
+    if options.max_steps is not None:
+        return options.model_copy(update={"max_steps": max(1, options.max_steps // 4)})
+    return options.model_copy(update={"epochs": student.sweep_epochs or max(1.0, options.epochs / 4)})
+
+
+def choose_by_validation(grid: list[tuple[float, float]], score) -> tuple[tuple[float, float], list[dict]]:
+    """The (temperature, alpha) with the best ``score(temperature, alpha)`` (first on ties) and every score."""
+    scored = [{"temperature": t, "alpha": a, "validation": float(score(t, a))} for t, a in grid]
+    best = max(range(len(scored)), key=lambda i: (scored[i]["validation"], -i))
+    return grid[best], scored
+
+
 def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, output_dir: str | Path,
         name: str | None = None, **fine_tune_kwargs) -> dict:
+    import shutil
+    import time
+
     from rightsizer.train.distill import DistillationTrainer
 
     candidate = candidates.find(config, "distill", name)
@@ -155,37 +219,73 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
     if launched is not None:
         return launched
     dataset, card = load_prepared(data_dir)
-    bundle = read_bundle(teachers_dir, card["label_names"])
-    with stage_output(output_dir, "distill", config, name=run_name) as out:
+    bundle = read_bundle(teachers_dir, card["label_names"], dataset["train"])
+    unlabeled = load_unlabeled(data_dir)
+    transfer, transfer_entry = None, {}
+    if not student.online and (student.augment.active or unlabeled is not None):
+        transfer, transfer_entry = transfer_set(bundle, student.augment, unlabeled)
+    metric = config.report.metric
+
+    def attempt(temperature: float, alpha: float, work, options_for=None, save_model=True, extra=None):
+        """Build the student afresh and train it once: (result, model origin, facts, params, plan summary)."""
         model, tokenizer, origin = build_student(config, student, bundle, dataset, card["label_names"])
-        params, trainable = count_parameters(model)
-        facts: dict = {"teachers": [], "teacher_logits": None}
+        counts = count_parameters(model)
+        facts: dict = {"teachers": [], "teacher_logits": None, "targets": None}
+        kwargs = dict(extra or {})
         trainer_kwargs: dict = {}
         if not control:
-            trainer_kwargs, facts = distillation_setup(config, student, bundle, model, tokenizer)
-            fine_tune_kwargs = {"trainer_cls": DistillationTrainer, "trainer_kwargs": trainer_kwargs, **fine_tune_kwargs}
-        pair = "text_pair" in dataset["train"].column_names
-        tokenized = tokenize(dataset, tokenizer, config.data.max_length, pair)
-        if facts["teacher_logits"] == "cached":
-            tokenized["train"] = with_cached_logits(bundle, tokenized["train"])
-        elif trainer_kwargs.get("teacher_tokenizers"):
-            tokenized["train"] = with_teacher_tokens(tokenized["train"], dataset["train"],
-                                                     trainer_kwargs["teacher_tokenizers"], config.data.max_length)
+            trainer_kwargs, facts = distillation_setup(config, student, bundle, model, tokenizer, temperature, alpha)
+            kwargs = {"trainer_cls": DistillationTrainer, "trainer_kwargs": trainer_kwargs, **kwargs}
+        tokenized = training_sets(config, student, control, bundle, dataset, tokenizer, trainer_kwargs, facts, transfer)
         plan = launch.prepare_training(config, "distill", student, model)
-        result = fine_tune(
-            model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
-            max_length=config.data.max_length, deepspeed=plan.deepspeed, tokenized=tokenized, **fine_tune_kwargs,
-        )
+        options = options_for(plan.options) if options_for else plan.options
+        result = fine_tune(model, tokenizer, dataset, options, seed=config.seed, work_dir=work,
+                           max_length=config.data.max_length, deepspeed=plan.deepspeed, tokenized=tokenized,
+                           save_model=save_model, **kwargs)
+        facts["train_rows"] = len(tokenized["train"])
+        return result, origin, facts, counts, plan.summary
+
+    with stage_output(output_dir, "distill", config, name=run_name) as out:
+        temperature = TEMPERATURE_GRID[1] if student.temperature == "auto" else float(student.temperature)
+        alpha = ALPHA_GRID[0] if student.alpha == "auto" else float(student.alpha)
+        sweep: list[dict] = []
+        sweep_s = 0.0
+        if not control and student.sweeps:
+            temperatures = TEMPERATURE_GRID if student.temperature == "auto" else (temperature,)
+            alphas = ALPHA_GRID if student.alpha == "auto" else (alpha,)
+            started = time.perf_counter()
+
+            def score(t: float, a: float) -> float:
+                short, *_ = attempt(t, a, out.work / "sweep" / f"run{len(sweep)}", lambda o: sweep_options(o, student),
+                                    save_model=False)
+                sweep.append({"temperature": t, "alpha": a, "train_time_s": short.train_time_s})
+                return short.eval_metrics.get(metric, 0.0)
+
+            (temperature, alpha), scored = choose_by_validation([(t, a) for t in temperatures for a in alphas], score)
+            for entry, row in zip(sweep, scored):
+                entry[f"val_{metric}"] = round(row["validation"], 6)
+            shutil.rmtree(out.work / "sweep", ignore_errors=True)
+            sweep_s = time.perf_counter() - started
+        result, origin, facts, (params, trainable), plan_summary = attempt(temperature, alpha, out.work,
+                                                                           extra=fine_tune_kwargs)
         history = result.log_history
         metrics = {**result.metrics(),
                    **{key: [e[key] for e in history if key in e] for key in ("kd_loss", "ce_loss", "hidden_loss")}}
         write_json(out.work / "metrics.json", metrics)
+        transfer_facts = None
+        if transfer is not None:
+            transfer_facts = {"rows": len(transfer), "augmented_rows": transfer_entry["augmented_rows"],
+                              "unlabeled_rows": transfer_entry["unlabeled_rows"], "augmenter": transfer_entry["augmenter"],
+                              "given": "augmented copies with their original labels" if control else "soft targets"}
         out.summary.update({
             "kind": "student", "model": origin, "params": params, "trainable_params": trainable,
-            "temperature": student.temperature, "alpha": 0.0 if control else student.alpha,
+            "temperature": None if control else temperature, "alpha": 0.0 if control else alpha,
+            "temperature_setting": student.temperature, "alpha_setting": student.alpha,
+            "sweep": sweep or None, "sweep_time_s": round(sweep_s, 3),
             "hidden_weight": 0.0 if control else student.hidden_weight,
-            "teacher_weighting": student.teacher_weighting, **facts,
-            **result.summary(), **plan.summary,
+            "teacher_weighting": student.teacher_weighting, **facts, "soft_targets": not control,
+            "transfer": transfer_facts,
+            **result.summary(), **plan_summary,
             **({"throughput": result.extra["throughput"]} if "throughput" in result.extra else {}),
         })
         if control:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rightsizer.config import RunConfig
-from rightsizer.data import prepare_dataset, save_prepared
+from rightsizer.data import prepare_dataset, prepare_unlabeled, save_prepared
 from rightsizer.outputs import stage_output
 
 
@@ -18,7 +18,11 @@ def run(config: RunConfig, output_dir: str | Path) -> dict:
 
             resolve_verbalizer(config.evaluation.prompting.verbalizer, card["label_names"])
             template_for(config.evaluation.prompting, card["pair_task"])
-        save_prepared(dataset, card, out.work)
+        unlabeled = None
+        if config.data.unlabeled_source:
+            unlabeled, card["unlabeled"] = prepare_unlabeled(config.data, dataset)
+        save_prepared(dataset, card, out.work, unlabeled)
         out.summary.update({"rows": card["rows"], "label_names": card["label_names"], "dropped_rows": card["dropped_rows"],
-                            "duplicates_removed": card["leakage"]["removed"]})
+                            "duplicates_removed": card["leakage"]["removed"],
+                            **({"unlabeled": card["unlabeled"]} if unlabeled is not None else {})})
     return out.summary

@@ -3,8 +3,10 @@
 The loss is Hinton et al.'s: ``alpha * T^2 * KL(p_teacher || p_student) + (1 - alpha) * CE(student, label)``
 where ``p = softmax(logits / T)`` and ``p_teacher`` is the (mean or validation-score weighted) mixture
 of every teacher's softened distribution. The ``T^2`` keeps the soft-target gradients on the same
-scale as the hard-label ones when ``T`` changes. Optional hidden-state matching adds
-``hidden_weight * MSE(project(student layer), teacher layer)`` over non-padding tokens.
+scale as the hard-label ones when ``T`` changes. Rows without a label (unlabeled transfer text, label
+-100) get only the KD term. Optional hidden-state matching adds ``hidden_weight * MSE`` between the
+student's states through a learned linear projection and the teacher's, both standardised per dimension over
+the batch's real tokens, so no few large dimensions dominate and a teacher's per-dimension scale is irrelevant.
 
 Teacher logits usually come *cached* (computed once by the teacher-logits stage and carried in the
 training set as a ``teacher_logits`` column, so every epoch reuses them); with hidden-state matching
@@ -66,9 +68,12 @@ def combine_teachers(teacher_logits: torch.Tensor, temperature: float, weights: 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float, alpha: float, weights: torch.Tensor | None = None) -> LossParts:
-    """``alpha * T^2 * KL(teachers || student) + (1 - alpha) * CE(student, labels)``, batch means."""
+    """``alpha * T^2 * KL(teachers || student) + (1 - alpha) * CE(student, labels)``, batch means (CE over the
+    labelled rows: label -100 marks a transfer row with only a soft target)."""
     student_logits = student_logits.float()
-    ce = F.cross_entropy(student_logits, labels)
+    labelled = labels != -100
+    ce = (F.cross_entropy(student_logits[labelled], labels[labelled]) if bool(labelled.any())
+          else student_logits.sum() * 0.0)
     target = combine_teachers(teacher_logits, temperature, weights)
     log_student = F.log_softmax(student_logits / temperature, dim=-1)
     kd = F.kl_div(log_student, target, reduction="batchmean") * temperature**2
@@ -77,13 +82,29 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
     """Student layer i -> teacher layer ceil-spaced so the last layers meet (2 of 4: {0: 1, 1: 3})."""
+    if student_layers > teacher_layers:
+        raise UserError(f"a {student_layers}-layer student cannot be matched to a {teacher_layers}-layer teacher; "
+                        "a student must not be deeper than its teachers")
     return {i: (i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)}
+
+
+def standardise(states: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Each dimension to mean 0, variance 1 over the real tokens (``mask`` (B, T)) or the rows ((N, D) input)."""
+    if mask is None:
+        mean = states.mean(dim=0, keepdim=True)
+        var = states.var(dim=0, unbiased=False, keepdim=True)
+    else:
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        count = weights.sum().clamp(min=1.0)
+        mean = (states * weights).sum(dim=(0, 1), keepdim=True) / count
+        var = ((states - mean).pow(2) * weights).sum(dim=(0, 1), keepdim=True) / count
+    return (states - mean) / torch.sqrt(var + eps)
 
 
 def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
                       layer_map: dict[int, int], projection: torch.nn.Module, student_mask: torch.Tensor,
                       teacher_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over mapped layers of the MSE between projected student states and teacher states.
+    """Mean over mapped layers of the MSE between standardised projected student states and standardised teacher states.
 
     ``*_hidden`` are the models' ``hidden_states`` tuples (embeddings first), so layer ``i`` is entry ``i + 1``.
     Same tokens (``teacher_mask`` None): token by token over real tokens. Different tokenizers: the
@@ -95,10 +116,11 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
         target = teacher_hidden[teacher_layer + 1].float()
         if teacher_mask is None:
             mask = student_mask.unsqueeze(-1).float()
-            squared = (projected - target).pow(2).mean(dim=-1, keepdim=True)
-            losses.append((squared * mask).sum() / mask.sum().clamp(min=1.0))
+            squared = (standardise(projected, student_mask) - standardise(target, student_mask)).pow(2)
+            losses.append((squared.mean(dim=-1, keepdim=True) * mask).sum() / mask.sum().clamp(min=1.0))
         else:
-            losses.append(F.mse_loss(_masked_mean(projected, student_mask), _masked_mean(target, teacher_mask)))
+            losses.append(F.mse_loss(standardise(_masked_mean(projected, student_mask)),
+                                     standardise(_masked_mean(target, teacher_mask))))
     return torch.stack(losses).mean()
 
 
@@ -251,10 +273,16 @@ class DistillationTrainer(Trainer):
 
 
 def hidden_projections(student_size: int, teacher_sizes: Sequence[int], seed: int) -> torch.nn.ModuleList:
-    """One learned linear map per teacher from the student's hidden size (identity when they agree)."""
+    """One learned linear map per teacher from the student's hidden size, always (equal sizes do not make the
+    two models' coordinates comparable); it starts at the identity where the sizes agree."""
     torch.manual_seed(seed)
-    return torch.nn.ModuleList([
-        torch.nn.Identity() if size == student_size else torch.nn.Linear(student_size, size) for size in teacher_sizes])
+    projections = torch.nn.ModuleList([torch.nn.Linear(student_size, size) for size in teacher_sizes])
+    with torch.no_grad():
+        for projection, size in zip(projections, teacher_sizes):
+            if size == student_size:
+                projection.weight.copy_(torch.eye(size))
+                projection.bias.zero_()
+    return projections
 
 
 # ---------------------------------------------------------------------------------------------
