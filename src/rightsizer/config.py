@@ -13,7 +13,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -139,10 +139,10 @@ class StudentConfig(TrainingOptions):
     model: str | None = Field(None, description="preset | local dir | hub id")
     from_teacher_layers: list[int] | None = Field(None, description="build the student from these teacher layers")
     teacher: str | None = Field(None, description="teacher whose layers from_teacher_layers copies (default: the first)")
-    temperature: float | Literal["auto"] = Field(
+    temperature: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = Field(
         "auto", description=f"softmax temperature, or auto: the best of {list(TEMPERATURE_GRID)} on validation "
         "after short runs")
-    alpha: float | Literal["auto"] = Field(
+    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
         "auto", description=f"weight of the KD term vs hard-label CE, or auto: the best of {list(ALPHA_GRID)} on "
         "validation after short runs")
     sweep_epochs: float | None = Field(

@@ -543,8 +543,9 @@ UNLABELED_DIR = "unlabeled"
 def prepare_unlabeled(data: DataConfig, dataset) -> tuple[Any, dict]:
     """``data.unlabeled_source`` as a text-only ``Dataset`` (``id``, ``text``[, ``text_pair``]) and its counts.
 
-    Rows whose text is blank or repeats a training, validation or test text are dropped: the teachers label
-    this text for the students, so a held-out text in it would leak into training.
+    Rows whose text is blank or repeats a training, validation or test text (case, whitespace and punctuation
+    aside) are dropped: the teachers label this text for the students, so a held-out text in it would leak
+    into training.
     """
     import datasets
 
@@ -564,11 +565,12 @@ def prepare_unlabeled(data: DataConfig, dataset) -> tuple[Any, dict]:
     frame = pd.concat(frames, ignore_index=True)
     blank = _is_blank(frame["text"]) | (_is_blank(frame["text_pair"]) if pair else False)
     frame = frame[~blank].astype(str)
-    key = (frame["text"] + "\x1f" + frame["text_pair"]) if pair else frame["text"]
+    key = example_keys(frame, pair, normalised=True)  # the same "same text" as the dedupe of the labelled splits
     seen = set()
     for split in dataset:
-        rows = dataset[split]
-        seen.update(f"{a}\x1f{b}" for a, b in zip(rows["text"], rows["text_pair"])) if pair else seen.update(rows["text"])
+        seen.update(example_keys(dataset[split].select_columns([c for c in ("text", "text_pair")
+                                                                  if c in dataset[split].column_names]).to_pandas(),
+                                 pair, normalised=True))
     held = key.isin(seen)
     repeated = key.duplicated() & ~held
     frame = frame[~held & ~repeated].reset_index(drop=True)

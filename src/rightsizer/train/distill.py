@@ -88,7 +88,7 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int
     return {i: (i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)}
 
 
-def standardise(states: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+def standardise(states: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
     """Each dimension to mean 0, variance 1 over the real tokens (``mask`` (B, T)) or the rows ((N, D) input)."""
     if mask is None:
         mean = states.mean(dim=0, keepdim=True)

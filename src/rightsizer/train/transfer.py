@@ -130,7 +130,7 @@ class MaskedLMAugmenter:
                 continue
             masked = [self.tokenizer.mask_token if i in chosen else w for i, w in enumerate(words)]
             encoded = self.tokenizer(" ".join(masked), return_tensors="pt", truncation=True, max_length=self.max_length)
-            with torch.inference_mode():
+            with torch.no_grad():
                 logits = self.model(**encoded).logits[0].float()
             positions = (encoded["input_ids"][0] == self.tokenizer.mask_token_id).nonzero().flatten().tolist()
             logits[:, self.banned[self.banned < logits.shape[-1]]] = float("-inf")
