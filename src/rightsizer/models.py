@@ -222,7 +222,8 @@ def model_depth(reference: str) -> int | None:
     from types import SimpleNamespace
 
     if reference in PRESETS:
-        config = PRESETS[reference].build_config(PRESETS[reference].vocab_size, SimpleNamespace(pad_token_id=0))
+        special = SimpleNamespace(pad_token_id=0, bos_token_id=1, eos_token_id=2)  # a preset's config needs no tokenizer
+        config = PRESETS[reference].build_config(PRESETS[reference].vocab_size, special)
         values = config.to_dict()
     elif describe(reference) == "local":
         path = package_model_dir(reference) if reference.startswith("package:") else Path(reference).expanduser()
