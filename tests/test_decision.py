@@ -145,6 +145,7 @@ def test_recommended_model_is_placed_loads_and_predicts_what_was_evaluated(tmp_p
     board = json.loads((output / "leaderboard.json").read_text())
     row = next(c for c in board["candidates"] if c["name"] == "teacher")
     assert board["recommended"] == "teacher" and board["recommended_path"] == "recommended"
+    assert board["recommended_uri"] == str((output / "recommended").resolve())
     assert row["path"] == "stages/for-loop-1/teacher/model/model" and (output / row["path"] / "config.json").exists()
     card = (output / "recommended" / "README.md").read_text()
     assert card.startswith("# teacher") and "| test (confirmed on) |" in card and f"{row['macro_f1']:.4f} [" in card

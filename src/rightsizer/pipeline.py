@@ -416,4 +416,5 @@ def place_models(run_dir: Path, output: Path) -> None:
     if chosen is not None and chosen["path"] and (output / chosen["path"]).is_dir():
         shutil.copytree(output / chosen["path"], output / "recommended", dirs_exist_ok=True)
         board["recommended_path"] = "recommended"
+        board["recommended_uri"] = str((output / "recommended").resolve())  # the run's own dir is gone after the run
     write_json(board_path, board)

@@ -79,7 +79,14 @@ def model_card(row: dict, report: dict, card: dict, config) -> str:
               f"- parameters: {row.get('params', '–'):,}" if isinstance(row.get("params"), int) else "- parameters: –",
               f"- size on disk: {row.get('size_mb', '–')} MB", ""]
     made = candidate_config(row, config)
-    lines += ["## How it was made", "", f"A {row.get('kind', 'model')} candidate"
+    origin = ""
+    if row.get("teachers"):
+        origin = f" distilled from {', '.join(row['teachers'])}"
+    elif row.get("control_of"):
+        origin = f" trained on the data alone (the control of {row['control_of']})"
+    elif row.get("source"):
+        origin = f" made from {row['source']}"
+    lines += ["## How it was made", "", f"A {row.get('kind', 'model')} candidate{origin}"
               + (f", from the config's `{made[0]}`:" if made else ".")]
     if made:
         lines += ["", "```yaml", yaml.safe_dump(made[1], sort_keys=False).strip(), "```"]
