@@ -257,3 +257,21 @@ def test_a_local_run_gets_no_scratch_env_nor_gpu_retries(tmp_path, tiny_config):
         spec = next(yaml.safe_load_all(out.read_text()))
         env = {e["name"] for e in _executor(spec["deploymentSpec"]["executors"], "teacher")["container"].get("env", [])}
         assert ("TMPDIR" in env) is not local and ("retryPolicy" in _task(spec, "teacher")) is not local
+
+
+def test_the_config_is_baked_in_not_a_run_time_parameter(tmp_path, monkeypatch):
+    """The graph (loops, resources, images) is decided from the config at compile time, so the compiled
+    pipeline takes no config parameter that could disagree with it: every task gets the config as a constant."""
+    import json
+
+    from rightsizer.config import load_config
+
+    spec, _, _ = _compile(tmp_path, monkeypatch)
+    assert not spec["root"].get("inputDefinitions", {}).get("parameters")
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    constants = [task["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"] for task in tasks.values()
+                 if "config_json" in task.get("inputs", {}).get("parameters", {})]
+    assert len(constants) >= 8 and set(constants) == {load_config(DEMO).to_json()}
+    assert json.loads(constants[0])["name"] == "demo"

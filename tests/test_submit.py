@@ -165,6 +165,17 @@ def _executors(pipeline_spec: dict) -> tuple[dict, dict]:
     return spec["deploymentSpec"]["executors"], platform
 
 
+def baked_config(pipeline_spec: dict) -> dict:
+    """The config every task of a compiled pipeline gets, as a constant (the same for all tasks)."""
+    tasks = dict(pipeline_spec["root"]["dag"]["tasks"])
+    for component in pipeline_spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    constants = {task["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"] for task in tasks.values()
+                 if "config_json" in task.get("inputs", {}).get("parameters", {})}
+    assert len(constants) == 1
+    return json.loads(constants.pop())
+
+
 def test_submit_creates_experiment_and_run_with_spec_and_parameters(capsys, monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", "tok-123")
     with FakeKFP(token="tok-123") as kfp_server:
@@ -178,7 +189,8 @@ def test_submit_creates_experiment_and_run_with_spec_and_parameters(capsys, monk
     assert kfp_server.experiments["exp-1"]["display_name"] == "nightly"
     run = kfp_server.runs[0]
     assert run["experiment_id"] == "exp-1" and run["display_name"].startswith("demo ")
-    config = json.loads(run["runtime_config"]["parameters"]["config_json"])
+    assert not (run.get("runtime_config") or {}).get("parameters")  # the config is baked into the pipeline
+    config = baked_config(run["pipeline_spec"]["pipeline_spec"])
     assert config["name"] == "demo" and config["teachers"][0]["epochs"] == 1.0
     executors, platform = _executors(run["pipeline_spec"])
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "demo"
@@ -206,7 +218,8 @@ def test_schedule_uploads_pipeline_then_new_version_and_creates_recurring_run(ca
     assert first_job["trigger"]["cron_schedule"]["cron"] == "0 30 3 * * 1-5"
     assert int(first_job["max_concurrency"]) == 2 and first_job["mode"] == "ENABLE" and first_job["no_catchup"] is True
     assert first_job["pipeline_version_reference"] == {"pipeline_id": "pipe-1", "pipeline_version_id": "pipe-1-v1"}
-    assert json.loads(first_job["runtime_config"]["parameters"]["config_json"])["name"] == "demo"
+    assert not (first_job.get("runtime_config") or {}).get("parameters")
+    assert baked_config(uploaded[0])["name"] == "demo"
     assert "pipeline_spec" not in first_job or not first_job["pipeline_spec"]  # runs the uploaded version
     assert second_job["pipeline_version_reference"]["pipeline_version_id"] == "pipe-1-v2"
     assert second_job["trigger"]["cron_schedule"]["cron"] == "@every 12h"

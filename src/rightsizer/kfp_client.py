@@ -222,7 +222,7 @@ def submit(config: RunConfig, host: str | None, experiment: str | None = None, n
         client = connect(host, namespace, kube_context)
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H-%M-%S")
         result = _call(host, "create the run", lambda: client.create_run_from_pipeline_package(
-            str(package), arguments={"config_json": config.to_json()}, run_name=run_name or f"{config.name} {stamp}",
+            str(package), arguments={}, run_name=run_name or f"{config.name} {stamp}",
             experiment_name=experiment or config.name, namespace=namespace, service_account=service_account))
     run = result.run_info
     return Submitted(run_id=run.run_id, experiment_id=run.experiment_id or "", url=f"{host}/#/runs/details/{run.run_id}")
@@ -276,7 +276,7 @@ def schedule(config: RunConfig, host: str | None, cron: str, max_concurrency: in
             experiment or config.name, namespace=namespace))
         job = _call(host, "create the recurring run", lambda: client.create_recurring_run(
             experiment_id=found.experiment_id, job_name=name or f"{config.name}-schedule", cron_expression=cron,
-            max_concurrency=max_concurrency, no_catchup=not catchup, params={"config_json": config.to_json()},
+            max_concurrency=max_concurrency, no_catchup=not catchup, params={},
             pipeline_id=pipeline_id, version_id=version_id, enabled=True, service_account=service_account))
     return Scheduled(recurring_run_id=job.recurring_run_id, pipeline_id=pipeline_id, pipeline_version_id=version_id,
                      experiment_id=found.experiment_id, cron=cron,

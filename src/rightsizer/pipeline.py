@@ -172,7 +172,9 @@ def build_pipeline(config: RunConfig, local: bool = False):
     fold_items = fold_tasks(config)
 
     @dsl.pipeline(name=config.name, description=f"rightsizer: right-size a classifier on {config.data.source}")
-    def rightsize(config_json: str = config_json):
+    # the config is baked in: every task gets it as a constant, so the graph (its loops, resources and images,
+    # all decided from this config) cannot be run with another one. No run-time parameter to edit in the UI.
+    def rightsize():
         prep = place(parts.prepare(config_json=config_json), config, "prepare").set_display_name("prepare")
         data = prep.outputs["data"]
         report_inputs = {}
