@@ -43,6 +43,16 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def world_size() -> int:
+    """Processes in this distributed run (1 when not distributed)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def local_world_size() -> int:
+    """Processes on this node (torchrun's LOCAL_WORLD_SIZE; the world size when it is not set)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "") or world_size())
+
+
 def same_on_every_rank(build):
     """``build()`` on rank 0, its result on every rank (plain ``build()`` outside a distributed run).
 
@@ -50,7 +60,7 @@ def same_on_every_rank(build):
     tokenizer is not deterministic — so every rank (and every node) trains with the same one. Starts the
     process group the HF Trainer would start (NCCL on GPUs, gloo on CPU); the Trainer then reuses it.
     """
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if world_size() <= 1:
         return build()
     import torch
     import torch.distributed as dist
@@ -68,7 +78,7 @@ def same_on_every_rank(build):
 
 def _barrier() -> None:
     """Wait for every rank, when this is one process of a distributed run."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if world_size() > 1:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rightsizer.errors import UserError
+from rightsizer.outputs import process_rank
 
 if TYPE_CHECKING:
     from rightsizer.config import StorageConfig
@@ -551,6 +552,6 @@ def fetch_input(value: str, cache_dir: str | Path, config: "StorageConfig | None
 
 def publish_output(local_dir: str | Path, uri: str, config: "StorageConfig | None" = None) -> int:
     """Upload a finished stage directory to ``uri`` (only from rank 0 when run under torchrun)."""
-    if int(os.environ.get("RANK", "0") or 0) != 0:
+    if process_rank() != 0:
         return 0
     return Store.from_env(config).upload_dir(local_dir, uri)

@@ -15,13 +15,13 @@ A training stage calls two functions and stays the same code at every scale:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rightsizer import plan as plan_table
 from rightsizer.errors import UserError
+from rightsizer.outputs import local_world_size, process_rank, world_size
 from rightsizer.deepspeed import check_against_training, deepspeed_config, with_zero_stage, zero_stage
 from rightsizer.launch.local import LAUNCHED_ENV, LaunchError, inside_launch
 
@@ -53,8 +53,7 @@ def plan_launch(config, stage_key: str) -> LaunchPlan:
     spec = config.resources.for_stage(stage_key)
     cuda, _ = _cuda_devices()
     if inside_launch():
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        world, local = world_size(), local_world_size()
         return LaunchPlan("in-process", local, max(1, world // max(1, local)), "cuda" if cuda else "cpu")
     gpus = spec.gpus
     if gpus == "auto":
@@ -159,8 +158,7 @@ def prepare_training(config, stage: str, options, model) -> TrainingPlan:
 
     stage_key = _launching_key(stage)
     spec = config.resources.for_stage(stage_key)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    world, local = world_size(), local_world_size()
     nodes = max(1, world // max(1, local))
     on_gpu = torch.cuda.is_available()
     bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
@@ -191,7 +189,7 @@ def prepare_training(config, stage: str, options, model) -> TrainingPlan:
                 resolved = with_zero_stage(resolved, chosen.zero_stage)
             summary["placement"] = {"params": shape.params, **chosen.summary()}
             summary["launch"]["deepspeed_zero_stage"] = zero_stage(resolved)
-            if int(os.environ.get("RANK", "0")) == 0:
+            if process_rank() == 0:
                 print(f"placement: {shape.params / 1e6:.1f}M parameters need {chosen.estimate.total / memory.GIB:.1f} "
                       f"GiB per GPU ({', '.join(f'{k} {v}' for k, v in chosen.estimate.as_gb().items() if k != 'total')}"
                       f" GiB) of {chosen.gpu_memory_gb:g} GiB -> {chosen.gpus} GPU(s) x {chosen.nodes} node(s), ZeRO "

@@ -33,21 +33,13 @@ from rightsizer.models import (checkpoint_mb, count_parameters, describe, is_cau
                                weights_mb)
 from rightsizer.outputs import process_rank, stage_output, write_json
 from rightsizer.train import fine_tune, training_texts
+from rightsizer.train.finetune import planned_steps  # AdaLoRA's rank schedule needs the step count up front
 from rightsizer.train.memory import PeakMemory
 
 CHECK_ROWS = 256  # validation rows used to compare reloaded / merged predictions with the trained model
 RELOAD_TOLERANCE = 1e-4  # fp32; half precision widens both in proportion to its rounding error (check_tolerance)
 MERGE_TOLERANCE = 1e-3
 PADDING_TOLERANCE = 1e-2  # prefix/prompt tuning: an input alone vs padded in a batch (relative to the logits' scale)
-
-
-def planned_steps(train_rows: int, options) -> int:
-    """Optimizer steps :func:`fine_tune` will run (AdaLoRA's rank schedule needs it up front)."""
-    import math
-    import os
-
-    per_step = options.batch_size * options.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
-    return options.max_steps or max(1, math.ceil(max(1, math.ceil(train_rows / per_step)) * options.epochs))
 
 
 def _linear_list(model) -> str:

@@ -26,20 +26,20 @@ from rightsizer.models import count_parameters, load_saved, size_on_disk_mb
 from rightsizer.outputs import read_json, stage_output, write_json
 from rightsizer.records import CandidateRow, TrainingFacts
 from rightsizer.stats import bootstrap_intervals
+from rightsizer.train.finetune import classification_metrics
 from rightsizer.timing import quiet, task_threads, times_itself
 
 PREDICTIONS = "predictions.json"  # beside metrics.json: {"validation": [label index, ...], "test": [...]}
 
 
 def quality_metrics(predictions: np.ndarray, labels: np.ndarray, label_names: list[str]) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     indices = list(range(len(label_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predictions, labels=indices, zero_division=0)
     return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, labels=indices, average="macro", zero_division=0)),
+        **classification_metrics(predictions, labels, len(label_names)),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, name in enumerate(label_names)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rightsizer.config import TrainingOptions
+from rightsizer.outputs import local_world_size, process_rank, world_size
 
 
 @dataclass
@@ -57,20 +58,33 @@ def training_texts(dataset) -> list[str]:
     return texts
 
 
-def classification_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int | None = None) -> dict[str, float]:
+    """Accuracy and macro-F1 (over every class of ``num_labels`` when given, so a class nobody predicts and
+    that is absent from ``labels`` still counts as 0) — the one definition training, the probe and evaluation use."""
     from sklearn.metrics import accuracy_score, f1_score
 
+    classes = list(range(num_labels)) if num_labels is not None else None
     return {
         "accuracy": float(accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(labels, predictions, labels=classes, average="macro", zero_division=0)),
     }
+
+
+def steps_per_epoch(train_rows: int, options) -> int:
+    """Optimizer steps in one pass over ``train_rows`` examples across every process of this run."""
+    return max(1, math.ceil(train_rows / (options.batch_size * options.gradient_accumulation_steps * world_size())))
+
+
+def planned_steps(train_rows: int, options) -> int:
+    """Optimizer steps :func:`fine_tune` runs: ``max_steps``, else the epochs' worth."""
+    return options.max_steps or max(1, math.ceil(steps_per_epoch(train_rows, options) * options.epochs))
 
 
 def _compute_metrics(eval_prediction) -> dict[str, float]:
     logits = eval_prediction.predictions
     if isinstance(logits, tuple):
         logits = logits[0]
-    return classification_metrics(np.argmax(logits, axis=-1), eval_prediction.label_ids)
+    return classification_metrics(np.argmax(logits, axis=-1), eval_prediction.label_ids, logits.shape[-1])
 
 
 def fp32_master_weights(model) -> None:
@@ -123,18 +137,17 @@ def fine_tune(
         tokenized = tokenize(dataset, tokenizer, max_length, pair)
     train_set, eval_set = tokenized["train"], tokenized["validation"]
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     per_step = options.batch_size * options.gradient_accumulation_steps * world
-    steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
-    total_steps = options.max_steps or max(1, math.ceil(steps_per_epoch * options.epochs))
-    interval = checkpoint_steps or min(steps_per_epoch, total_steps)
+    epoch_steps, total_steps = steps_per_epoch(len(train_set), options), planned_steps(len(train_set), options)
+    interval = checkpoint_steps or min(epoch_steps, total_steps)
     on_gpu = torch.cuda.is_available()
     bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
     if deepspeed is None:
         fp32_master_weights(model)
-    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    rank_zero = process_rank() == 0
     # several nodes: each keeps its checkpoints on its own disk (no shared filesystem between pods)
-    multi_node = world > int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    multi_node = world_size() > local_world_size()
 
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
