@@ -30,6 +30,7 @@ from rightsizer.inference import batches_by_length, encode_texts
 from rightsizer.models import describe, load_classifier
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.slicing import after_layers, check_depths, family_of, layer_stack
+from rightsizer.stages.report.figures import plot_probe
 from rightsizer.train import classification_metrics, training_texts
 
 POOLINGS = ("cls", "mean", "last")
@@ -206,28 +207,6 @@ def chance_scores(labels: dict[str, np.ndarray], num_labels: int) -> dict:
             "majority": classification_metrics(np.full_like(labels["test"], majority), labels["test"])}
 
 
-def plot_scores(scores: list[dict], metric: str, chance: float, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    depths = [row["layer"] for row in scores]
-    figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for split, style in (("validation", "o-"), ("test", "s--")):
-        axes.plot(depths, [row[split][metric] for row in scores], style, label=split)
-    axes.axhline(chance, color="grey", linestyle=":", label="majority class")
-    axes.set_xlabel("layer depth (blocks kept)")
-    axes.set_ylabel(metric)
-    axes.set_xticks(depths)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
 def _probe_train_split(dataset, limit: int | None, seed: int):
     train = dataset["train"]
     if limit is None or limit >= len(train):
@@ -281,8 +260,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path) -> dict
             "feature_time_s": round(feature_time, 3), "probe_time_s": round(probe_time, 3), "layers": scores,
         }
         write_json(out.work / "probe.json", result)
-        plot_scores(scores, metric, chance["majority"][metric],
-                    f"linear probe per layer: {probe.model} ({pooling} pooling)", out.work / "probe.png")
+        plot_probe(result, [], metric, out.work / "probe.png")  # the report draws it again with the slices on it
         writer = SummaryWriter(log_dir=str(out.work / "tb"))
         for row in scores:
             for split in ("validation", "test"):
