@@ -99,3 +99,9 @@ def s3_env(monkeypatch, server, endpoint: str | None = None, retries: int = 2) -
     monkeypatch.setenv(storage.BACKOFF_ENV, "0.01")
     for name in (storage.BUCKET_ENV, storage.PREFIX_ENV):
         monkeypatch.delenv(name, raising=False)
+
+
+def artifact(kind, path, **metadata):
+    """A KFP artifact of class ``kind`` (``dsl.Dataset``, ``dsl.Model``, ...) at a local ``path``, as a task sees it:
+    unit tests call a component's ``.python_func`` with these (kubeflow/pipelines-components' recommended form)."""
+    return kind(uri=str(path), metadata=dict(metadata))
