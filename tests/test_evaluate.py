@@ -151,3 +151,25 @@ def test_evaluation_runs_where_and_in_the_precision_chosen(tmp_path, demo_data, 
     assert (row["device"], row["dtype"]) == ("cuda", "bf16")
     model, _ = load_saved(trained_teacher / "model", None, "bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_evaluate_component_writes_metrics_and_kfp_scores(tmp_path, demo_data, trained_teacher, tiny_config):
+    """The KFP component as a task calls it: metrics.json in its artifact, headline scores and a confusion matrix."""
+    from kfp import dsl
+
+    from components.evaluate import evaluate as component
+    from conftest import artifact
+
+    metrics, scores = artifact(dsl.Artifact, tmp_path / "eval"), artifact(dsl.Metrics, tmp_path / "scores")
+    confusion = artifact(dsl.ClassificationMetrics, tmp_path / "confusion")
+    component.python_func(config_json=tiny_config().to_json(), name="teacher", kind="teacher",
+                          data=artifact(dsl.Dataset, demo_data), candidate=artifact(dsl.Model, trained_teacher),
+                          metrics=metrics, scores=scores, confusion=confusion)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["name"] == "teacher" and saved["test_rows"] == 90
+    assert saved["accuracy"] > 0.4 and 0 < saved["macro_f1"] <= 1 and saved["latency_ms"] > 0  # chance is 1/3
+    for key in ("accuracy", "macro_f1", "latency_ms", "latency_p95_ms", "throughput_per_s", "params", "size_mb"):
+        assert scores.metadata[key] == pytest.approx(float(saved[key])), key
+    matrix = confusion.metadata["confusionMatrix"]
+    assert [spec["displayName"] for spec in matrix["annotationSpecs"]] == saved["labels"]
+    assert [r["row"] for r in matrix["rows"]] == saved["confusion_matrix"]

@@ -325,3 +325,33 @@ def test_every_figure_draws_without_a_display(tmp_path):
     for name in ("one.png", "wide.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert list(itertools.chain(tmp_path.glob("none.png"), tmp_path.glob("p.png"))) == []
+
+
+def test_report_component_fills_its_artifacts(tmp_path, demo_data, tiny_config):
+    """The KFP component as a task calls it: metrics artifacts by kind in, report + Markdown + HTML + headline out."""
+    from kfp import dsl
+
+    from components.report import report as component
+    from conftest import artifact
+
+    dirs = write_candidates(tmp_path / "metrics", CANDIDATES)
+    by_kind = {}
+    for directory, candidate in zip(dirs, CANDIDATES):
+        by_kind.setdefault(candidate["kind"], []).append(artifact(dsl.Artifact, directory))
+    out = artifact(dsl.Artifact, tmp_path / "report")
+    markdown, html = artifact(dsl.Markdown, tmp_path / "report.md"), artifact(dsl.HTML, tmp_path / "report.html")
+    headline = artifact(dsl.Metrics, tmp_path / "headline")
+    component.python_func(config_json=tiny_config(report={"tolerance": 0.01}).to_json(),
+                          data=artifact(dsl.Dataset, demo_data), report_dir=out, markdown=markdown, html=html,
+                          headline=headline, teacher_metrics=by_kind["teacher"], student_metrics=by_kind["student"],
+                          adapter_metrics=by_kind["adapter"], slice_metrics=by_kind["slice"],
+                          probe=artifact(dsl.Artifact, probe_output(tmp_path)))
+    board = json.loads((tmp_path / "report" / "leaderboard.json").read_text())
+    assert {c["name"] for c in board["candidates"]} == {c["name"] for c in CANDIDATES} | {"majority-baseline"}
+    assert board["recommended"] == out.metadata["recommended"] == "student-2l-nodistill"
+    assert (tmp_path / "report.md").read_text() == (tmp_path / "report" / "report.md").read_text()
+    assert "## Recommendation" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3  # with the probe's plot
+    assert headline.metadata == pytest.approx({"best_macro_f1": 0.90, "recommended_macro_f1": 0.90,
+                                               "recommended_latency_ms": 4.0, "recommended_points_lost": 0.0,
+                                               "recommended_speedup_vs_teacher": 2.5})
