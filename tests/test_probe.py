@@ -219,3 +219,23 @@ def test_pipeline_with_probe_and_a_slice_runs_locally(tiny_config, tmp_path):
     metrics = next(p for p in run_dir.rglob("metrics.json") if json.loads(p.read_text()).get("kind") == "slice")
     assert json.loads(metrics.read_text())["layers"] == 1
     assert json.loads((report_dir / "probe.json").read_text())["slices"] == [1]
+
+
+def test_probe_component_returns_the_slices_it_wrote(tiny_config, demo_data, tmp_path):
+    """The KFP component as a task calls it: probe.json in its artifact, its slices returned for the ParallelFor."""
+    from kfp import dsl
+
+    from components.probe import probe as component
+    from conftest import artifact
+
+    out, scores = artifact(dsl.Artifact, tmp_path / "probe"), artifact(dsl.Metrics, tmp_path / "scores")
+    slices = component.python_func(config_json=_probe_config(tiny_config, pooling="mean").to_json(),
+                                   data=artifact(dsl.Dataset, demo_data), probe=out, scores=scores)
+    result = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert slices == result["slices"] == probe_stage.auto_slices(result["best_layer"])
+    assert out.metadata == {"best_layer": result["best_layer"], "slices": slices, "family": "bert", "depth": 2}
+    assert scores.metadata["best_layer"] == result["best_layer"]
+    best = next(row for row in result["layers"] if row["layer"] == result["best_layer"])
+    assert scores.metadata["best_validation_macro_f1"] == pytest.approx(best["validation"]["macro_f1"])
+    assert max(row["test"]["accuracy"] for row in result["layers"]) > result["chance"]["uniform_accuracy"] + 0.15
+

@@ -165,3 +165,26 @@ def test_output_is_atomic_on_user_error(tmp_path, demo_data, tiny_config):
         teacher.run(config, demo_data, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_teacher_component_trains_into_its_model_artifact(tmp_path, demo_data, tiny_config):
+    """The KFP component as a task calls it: the same seeded losses as the stage, a model that reloads, metadata."""
+    from kfp import dsl
+
+    from components.teacher import teacher as component
+    from conftest import artifact
+
+    config = tiny_config(["teachers.0.max_steps=6", "teachers.0.logging_steps=1"])
+    model = artifact(dsl.Model, tmp_path / "teacher")
+    component.python_func(config_json=config.to_json(), name="teacher", data=artifact(dsl.Dataset, demo_data),
+                          model=model)
+    losses = json.loads((tmp_path / "teacher" / "metrics.json").read_text())["losses"]
+    np.testing.assert_allclose(losses, PINNED_TEACHER_LOSSES, rtol=2e-3)
+    summary = json.loads((tmp_path / "teacher" / "summary.json").read_text())
+    assert model.metadata == {"name": "teacher", "kind": "teacher", "params": summary["params"],
+                              "train_time_s": summary["train_time_s"]} and summary["params"] > 100_000
+    dataset, _ = load_prepared(demo_data)
+    reloaded, tokenizer = load_saved(tmp_path / "teacher" / "model")
+    logits, _, _ = predict_logits(reloaded, tokenizer, dataset["validation"], 64)
+    accuracy = float((logits.argmax(-1) == np.asarray(dataset["validation"]["label"])).mean())
+    assert accuracy == pytest.approx(summary["validation"]["accuracy"], abs=1e-6)
