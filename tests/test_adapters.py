@@ -288,3 +288,25 @@ def test_local_pipeline_with_two_adapters(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "lora-q" in report and "adapter" in report
     assert list((tmp_path / "out" / "stages").rglob("adapter/adapter_model.safetensors"))
+
+
+def test_adapter_component_trains_into_its_model_artifact(small_data, tmp_path):
+    """The KFP component as a task calls it: the adapter stage's output and its figures in the artifact's metadata."""
+    from kfp import dsl
+
+    from components.adapters import adapter as component
+    from conftest import artifact
+    from rightsizer.models import load_saved
+
+    config = config_from_dict(adapter_raw({"name": "lora", "method": "lora"}))
+    model = artifact(dsl.Model, tmp_path / "adapter")
+    component.python_func(config_json=config.to_json(), name="lora", data=artifact(dsl.Dataset, small_data),
+                          model=model)
+    summary = json.loads((tmp_path / "adapter" / "summary.json").read_text())
+    assert summary["method"] == "lora" and summary["steps"] == 3 and summary["merged"]
+    assert model.metadata == {key: summary[key] for key in ("method", "trainable_params", "trainable_share",
+                                                            "peak_memory_mb", "train_time_s")} | {
+        "name": "lora", "kind": "adapter"}
+    assert 0 < model.metadata["trainable_share"] < 0.1
+    assert summary["reload_check"]["max_abs_diff"] <= 1e-4
+    load_saved(tmp_path / "adapter" / "model")  # the merged model reloads

@@ -364,3 +364,25 @@ def test_local_pipeline_with_a_student_and_its_control(tmp_path, monkeypatch):
     assert folds == [0, 1]  # out-of-fold targets by default: two fold-teacher tasks
     student = next(s for s in summaries if s["stage"] == "distill" and s["name"] == "student-2l")
     assert student["targets"] == "out_of_fold" and len(student["sweep"]) == 6
+
+
+def test_distill_component_trains_a_student_from_the_bundle(tmp_path, demo_data, bundle):
+    """The KFP component as a task calls it: a student from the teachers' bundle, its model and metadata."""
+    from kfp import dsl
+
+    from components.distill import distill as component
+    from conftest import artifact
+
+    config = student_config({"name": "s", "from_teacher_layers": [1], "max_steps": 4, "logging_steps": 1,
+                             "learning_rate": 3e-3, "batch_size": 16})
+    model = artifact(dsl.Model, tmp_path / "student")
+    component.python_func(config_json=config.to_json(), name="s", data=artifact(dsl.Dataset, demo_data),
+                          teachers=artifact(dsl.Artifact, bundle), model=model)
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    assert summary["kind"] == "student" and summary["teacher_logits"] == "cached" and len(metrics["kd_loss"]) == 4
+    assert model.metadata == {"name": "s", "kind": "student", "params": summary["params"],
+                              "train_time_s": summary["train_time_s"], "teachers": ["teacher"], "alpha": 0.5,
+                              "control_of": ""}
+    student, _ = load_saved(tmp_path / "student" / "model")
+    assert student.config.num_hidden_layers == 1 and sum(p.numel() for p in student.parameters()) == summary["params"]
