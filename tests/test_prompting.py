@@ -188,3 +188,22 @@ def test_prompting_runs_on_cuda_in_bf16_when_a_gpu_is_present(small_data, tmp_pa
     assert asked == [("cuda", "bf16")] and (row["device"], row["dtype"]) == ("cuda", "bf16")
     params = row["params"]
     assert row["size_mb"] == pytest.approx(params * 2 / 1e6, abs=1e-3) and 0 <= row["accuracy"] <= 1
+
+
+def test_prompting_component_writes_its_row_and_kfp_scores(small_data, tmp_path):
+    """The KFP component as a task calls it: metrics.json of a prompted decoder teacher, scores for the KFP UI."""
+    from kfp import dsl
+
+    from components.prompting import prompting as component
+    from conftest import artifact
+
+    config = config_from_dict(prompting_raw({"shots": [0]}))
+    metrics, scores = artifact(dsl.Artifact, tmp_path / "prompt"), artifact(dsl.Metrics, tmp_path / "scores")
+    component.python_func(config_json=config.to_json(), name="prompt-teacher-0shot",
+                          data=artifact(dsl.Dataset, small_data), metrics=metrics, scores=scores)
+    row = json.loads((tmp_path / "prompt" / "metrics.json").read_text())
+    assert row["name"] == "prompt-teacher-0shot" and row["kind"] == "prompting" and row["test_rows"] == 30
+    assert np.trace(np.asarray(row["confusion_matrix"])) == int(round(row["accuracy"] * 30))
+    assert scores.metadata == pytest.approx({"accuracy": row["accuracy"], "macro_f1": row["macro_f1"],
+                                             "latency_ms": row["latency_ms"], "params": float(row["params"]),
+                                             "shots": 0.0})

@@ -213,3 +213,24 @@ def test_the_model_card_names_the_entry_that_made_a_quantized_form(tiny_config):
     assert candidate_config(row, config) == ("quantize", {"of": "all", "method": "dynamic_int8", "name": "q8"})
     row = {"name": "teacher-onnx-int8", "kind": "quantized", "source": "teacher"}
     assert candidate_config(row, config) == ("quantize", {"of": "teacher", "method": "onnx_int8"})
+
+
+def test_quantize_component_writes_forms_that_predict_like_the_source(tmp_path, demo_data, trained_teacher):
+    """The KFP component as a task calls it: a dynamic int8 form of the teacher, named in the artifact's metadata."""
+    from kfp import dsl
+
+    from components.quantize import quantize as component
+    from conftest import artifact
+    from rightsizer.config import config_from_dict
+
+    config = config_from_dict(tiny_raw(quantize=[{"of": "teacher", "method": "dynamic_int8"}]))
+    model = artifact(dsl.Model, tmp_path / "forms")
+    component.python_func(config_json=config.to_json(), data=artifact(dsl.Dataset, demo_data),
+                          source=artifact(dsl.Model, trained_teacher), model=model)
+    assert model.metadata == {"source": "teacher", "candidates": ["teacher-int8"]}
+    test = load_prepared(demo_data)[0]["test"]
+    source, source_tokenizer = load_saved(trained_teacher / "model")
+    form, tokenizer = load_saved(tmp_path / "forms" / "teacher-int8" / "model")
+    assert _agreement(source, source_tokenizer, form, tokenizer, test) >= 0.95
+    fp32 = (trained_teacher / "model" / "model.safetensors").stat().st_size
+    assert (tmp_path / "forms" / "teacher-int8" / "model" / "model_int8.pt").stat().st_size < fp32
