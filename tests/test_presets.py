@@ -64,11 +64,21 @@ def test_full_demo_graph_runs_locally(tmp_path, capsys):
     assert kinds == {"teacher": "teacher", "student-2l": "student", "student-2l-nodistill": "student",
                      "lora-qv": "adapter", "ia3": "adapter", "teacher-L2": "slice",
                      "student-2l-onnx-int8": "quantized", "majority-baseline": "baseline"}
-    assert board["recommended"] in kinds
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     printed = capsys.readouterr().out
-    assert "report.html" in printed and "recommended" in printed
+    assert "report.html" in printed
+    assert_answer(board, kinds, printed)
+
+
+def assert_answer(board: dict, kinds: dict, printed: str) -> None:
+    """A few training steps may leave every candidate at chance: then the answer is "no usable model", said
+    once (the guard); otherwise a real candidate is recommended and the run says which."""
+    if board["recommended"] is None:
+        assert "no usable model" in printed, printed
+    else:
+        assert board["recommended"] in kinds and kinds[board["recommended"]] != "baseline"
+        assert "recommended" in printed
 
 
 def documented_command(path) -> list[str]:
@@ -138,5 +148,5 @@ def test_preset_runs_locally_with_its_documented_overrides(tmp_path, capsys, pre
     assert expected.items() <= kinds.items()
     if config.evaluation.prompting is not None:
         assert "prompting" in kinds.values()
-    assert board["recommended"] in kinds
+    assert_answer(board, kinds, capsys.readouterr().out)
     assert (output / "report.html").exists() and (output / "pareto.png").exists()

@@ -63,4 +63,5 @@ def test_sigterm_then_resume_reuses_finished_tasks_and_the_checkpoint(tmp_path, 
     assert teacher["resumed_from"] and "checkpoint-" in teacher["resumed_from"]
     assert teacher["steps"] == 45
     assert not (out / ".resume").exists() and not (out / ".kfp").exists()
-    assert json.loads((out / "leaderboard.json").read_text())["recommended"]
+    board = json.loads((out / "leaderboard.json").read_text())  # 45 tiny steps may or may not beat chance
+    assert "teacher" in {c["name"] for c in board["candidates"]} and "recommended" in board
