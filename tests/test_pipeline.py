@@ -51,7 +51,8 @@ def test_local_pipeline_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     assert code == 0
     labels = set(json.loads((out / "stages").rglob("card.json").__next__().read_text())["label_names"])
-    predicted = [line.split("\t") for line in printed if "\t" in line]
+    # stripped: once in two fresh-clone CI runs each line came indented by 4 spaces (not explained yet; see the note)
+    predicted = [line.strip().split("\t") for line in printed if "\t" in line]
     assert len(predicted) == 2 and all(row[0] in labels and 0 < float(row[1]) <= 1 for row in predicted)
     (tmp_path / "new.csv").write_text("review\ngreat stuff\nterrible stuff\nmeh\n")
     code = main(["predict", str(out), "--file", str(tmp_path / "new.csv"), "--text-column", "review",
