@@ -32,6 +32,18 @@ def tiny_raw(**overrides) -> dict:
     return raw
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy 2-core box OpenMP spin-waits make them 10x slower.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_config():
     from rightsizer.config import config_from_dict

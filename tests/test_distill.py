@@ -32,13 +32,7 @@ from test_teacher import KillAt
 STUDENT = {"max_steps": 60, "learning_rate": 3e-3, "batch_size": 16, "logging_steps": 10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core box OpenMP spin-waits make them 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for tiny models
 
 
 FIXED = {"targets": "in_sample", "temperature": 2.0, "alpha": 0.5}  # the pinned runs: no fold teachers, no sweep

@@ -27,12 +27,7 @@ from conftest import tiny_raw
 FAST = {"max_steps": 12, "learning_rate": 3e-3, "batch_size": 16, "logging_steps": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread for tiny models
 
 
 def config_with(*students, teacher_steps=None, **data):
