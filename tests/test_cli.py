@@ -272,6 +272,27 @@ def test_compile_leaves_a_model_path_of_the_image_to_the_cluster(tmp_path, capsy
     assert_one_line_error(code, err, "not found")
 
 
+def test_predict_prints_exact_tab_separated_lines_to_a_pipe(tmp_path):
+    """What a script reading ``rightsizer predict | cut -f1`` gets: the model line, then label, probability, text."""
+    import re
+    import subprocess
+    import sys
+
+    from rightsizer.models import load_classifier
+
+    model, tokenizer = load_classifier("tiny-bert-2l", ["negative", "positive"], ["good", "bad"] * 10, seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    long_text = "a long review that goes on " * 5
+    done = subprocess.run([sys.executable, "-m", "rightsizer.cli", "predict", str(tmp_path / "model"), "--text",
+                           "good value", "--text", long_text], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines[0] == f"model: model ({tmp_path / 'model'})" and lines[-1] == "" and len(lines) == 4, done.stdout
+    assert re.fullmatch(r"(negative|positive)\t[01]\.\d{3}\tgood value", lines[1]), lines
+    assert re.fullmatch(r"(negative|positive)\t[01]\.\d{3}\t" + re.escape(long_text[:57]) + r"\.\.\.", lines[2]), lines
+
+
 def test_predict_on_a_model_directory_and_its_int8_form(tmp_path, capsys):
     from rightsizer.models import load_classifier
     from rightsizer.quantize import quantize_model

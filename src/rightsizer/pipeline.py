@@ -298,6 +298,25 @@ def _error_file():
 
 
 @contextmanager
+def _print_kept():
+    """Leave ``builtins.print`` as it was before the run.
+
+    kfp.local indents a task's streamed output by swapping ``builtins.print`` for an indenting one while
+    the task runs, and puts back the one it saw on entry. Loop iterations run in threads, so two tasks
+    that overlap (A enters, B enters, A leaves, B leaves) end with B putting back A's indenting print:
+    every later ``print`` of this process began with 4 spaces (``rightsizer predict``'s TSV lines after a
+    run in the same process, the launcher's ``placement:`` line).
+    """
+    import builtins
+
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
+
+
+@contextmanager
 def _timing_lock(pipeline_root: Path):
     """Tasks share this machine: latency is timed only while no other task trains (rightsizer.timing)."""
     from rightsizer.timing import LOCK_ENV
@@ -341,6 +360,7 @@ def run_local(config: RunConfig, pipeline_root: str | Path, stream=None, resume_
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, str(local_threads()))
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_print_kept())
         if stream is not None:
             stack.enter_context(contextlib.redirect_stdout(stream))
             stack.enter_context(contextlib.redirect_stderr(stream))
