@@ -4,6 +4,8 @@ check before training, strict data reading, help and discovery."""
 from __future__ import annotations
 
 import json
+import io
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -274,7 +276,6 @@ def test_compile_leaves_a_model_path_of_the_image_to_the_cluster(tmp_path, capsy
 
 def test_predict_prints_exact_tab_separated_lines_to_a_pipe(tmp_path):
     """What a script reading ``rightsizer predict | cut -f1`` gets: the model line, then label, probability, text."""
-    import re
     import subprocess
     import sys
 
@@ -312,3 +313,36 @@ def test_predict_on_a_model_directory_and_its_int8_form(tmp_path, capsys):
     assert all(abs(float(a[1]) - float(b[1])) < 0.05 for a, b in zip(answers["model"], answers["int8"]))
     code, _, err = cli(["predict", tmp_path / "model"], capsys)
     assert_one_line_error(code, err, "give the texts with --text")
+
+
+def test_leaderboard_table_keeps_each_candidate_on_one_line_at_80_and_120_columns():
+    from rich.console import Console
+
+    from rightsizer.cli import leaderboard_table
+    from rightsizer.records import Leaderboard
+
+    def row(name, kind, f1, latency, params, size_mb):
+        return {"name": name, "kind": kind, "macro_f1": f1, "val_macro_f1": f1 - 0.004, "latency_ms": latency,
+                "macro_f1_ci": [f1 - 0.031, f1 + 0.027], "params": params, "size_mb": size_mb}
+
+    rows = [row("teacher-bert-base-uncased", "teacher", 0.912, 48.3, 109_484_547, 438.0),
+            row("student-6l-from-teacher-bert-base-uncased", "student", 0.905, 21.7, 66_955_779, 268.0),
+            row("student-6l-from-teacher-bert-base-uncased-nodistill", "student", 0.889, 21.9, 66_955_779, 268.0),
+            row("student-6l-int8", "quantized", 0.902, 9.4, 66_955_779, 91.0),
+            {"name": "majority-baseline", "kind": "baseline", "macro_f1": 0.171, "val_macro_f1": 0.171, "latency_ms": 0.0,
+             "params": 0, "size_mb": 0.0}]
+    board = Leaderboard(metric="macro_f1", tolerance=0.01, recommended="student-6l-int8", candidates=rows)
+    for width in (80, 120, 200):
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(leaderboard_table(board, width))
+        lines = console.export_text().splitlines()
+        assert all(len(line.rstrip()) <= width for line in lines), lines
+        body = [line for line in lines if re.search(r"\d\.\d{3}", line)]
+        assert len(body) == len(rows), lines  # one line each: nothing wrapped onto a second line
+        by_figure = {figure: next(line for line in body if figure in line) for figure in ("0.912", "0.905", "0.889", "0.902")}
+        assert "0.908" in by_figure["0.912"] and "(.881–.939)" in by_figure["0.912"] and "48.30" in by_figure["0.912"]
+        assert "109.5M" in by_figure["0.912"] and "9.40" in by_figure["0.902"] and "⭐" in by_figure["0.902"]
+        assert "student-6l-int8 ⭐" in by_figure["0.902"]
+        assert "nodistill" in by_figure["0.889"] and "nodistill" not in by_figure["0.905"]  # names cut in the middle
+        assert ("quantized" in by_figure["0.902"] and "438.0" in by_figure["0.912"]) == (width >= 110)
+    assert "student-6l-from-teacher-bert-base-uncased-nodistill" in by_figure["0.889"]  # at 200 columns: whole

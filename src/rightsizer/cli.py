@@ -13,13 +13,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from rightsizer.errors import UserError
+
+if TYPE_CHECKING:
+    from rightsizer.records import Leaderboard
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -146,26 +150,75 @@ class Bug(Exception):
     """A failure that is not the user's: one line and exit 1 (the traceback is in the run's log)."""
 
 
+WIDE_TABLE = 110  # from this many columns the table also shows each candidate's kind and size on disk
+METRIC_WORDS = {"macro_f1": ("F1", "macro-F1"), "accuracy": ("acc", "accuracy")}  # (in a header, in the title)
+
+
+def _middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters in the middle: names differ at their ends (-int8, -nodistill)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def _millions(count: int | None) -> str:
+    if count is None:
+        return "–"
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count / 1e3:.0f}k" if count >= 1e4 else f"{count:,}"
+
+
+def leaderboard_table(board: Leaderboard, width: int) -> Table:
+    """The leaderboard for the terminal, each candidate on one line at ``width`` columns (80 and up): long
+    names are cut in the middle, the test interval is written short, and kind and size show only when wide."""
+    from rich.cells import cell_len
+
+    metric = board.metric
+    short_word, word = METRIC_WORDS.get(metric, (metric, metric))
+
+    def number(value, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    def bare(value: float) -> str:  # 0.881 -> .881: scores lie in [0, 1]
+        return format(value, ".3f").removeprefix("0")
+
+    columns: dict[str, list[str]] = {"kind": [], f"val {short_word}": [], f"test {short_word} (95% CI)": [],
+                                     "latency": [], "params": [], "size": []}
+    for row in board.candidates:
+        interval = getattr(row, f"{metric}_ci")
+        columns["kind"].append(row.kind)
+        columns[f"val {short_word}"].append(number(getattr(row, f"val_{metric}"), ".3f"))
+        columns[f"test {short_word} (95% CI)"].append(
+            number(getattr(row, metric), ".3f") + (f" ({bare(interval[0])}–{bare(interval[1])})" if interval else ""))
+        columns["latency"].append(number(row.latency_ms, ".2f"))
+        columns["params"].append(_millions(row.params))
+        columns["size"].append(number(row.size_mb, ".1f"))
+    units = "latency in ms per example"
+    if width >= WIDE_TABLE:
+        units += ", size in MB"
+    else:
+        del columns["kind"], columns["size"]
+    marks = {row.name: " ⭐" if row.name == board.recommended else "" for row in board.candidates}
+    # each column: its widest cell or header, a space of padding each side and one between columns
+    used = sum(max(map(cell_len, [header, *cells])) + 3 for header, cells in columns.items())
+    room = width - used - 2  # for a name and its star
+    table = Table(title=f"leaderboard ({word}; {units})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("candidate", no_wrap=True)
+    for header in columns:
+        table.add_column(header, justify="left" if header == "kind" else "right", no_wrap=True)
+    for index, row in enumerate(board.candidates):
+        style = "bold green" if row.name == board.recommended else "dim" if row.kind == "baseline" else None
+        name = _middle(row.name, max(12, room - cell_len(marks[row.name]))) + marks[row.name]
+        table.add_row(name, *(cells[index] for cells in columns.values()), style=style)
+    return table
+
+
 def _print_run(output: Path, elapsed: float) -> None:
     from rightsizer.outputs import read_json
     from rightsizer.records import Leaderboard, StageSummary
 
     board = Leaderboard.model_validate(read_json(output / "leaderboard.json"))
-    table = Table(title="leaderboard", title_justify="left")
-    metric = board.metric.replace("macro_f1", "macro-F1")
-    for column in ("candidate", "kind", f"val {metric}", f"test {metric} [95% CI]", "latency ms", "params"):
-        table.add_column(column, justify="left" if column in ("candidate", "kind") else "right")
-
-    def number(value, spec: str) -> str:
-        return "–" if value is None else format(value, spec)
-
-    for row in board.candidates:
-        star = " ⭐" if row.name == board.recommended else ""
-        interval = getattr(row, f"{board.metric}_ci")
-        table.add_row(row.name + star, row.kind, number(getattr(row, f"val_{board.metric}"), ".3f"),
-                      number(getattr(row, board.metric), ".3f") + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""),
-                      number(row.latency_ms, ".2f"), number(row.params, ","))
-    console.print(table)
+    console.print(leaderboard_table(board, console.width))
     console.print(f"total {elapsed:.0f} s")
     details = read_json(output / "report.json") if (output / "report.json").exists() else {}
     if board.recommended:
