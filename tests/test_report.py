@@ -4,9 +4,12 @@ report (leaderboard schema, self-contained HTML with embedded plots) on hand-mad
 from __future__ import annotations
 
 import base64
+import html
 import itertools
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -355,3 +358,46 @@ def test_report_component_fills_its_artifacts(tmp_path, demo_data, tiny_config):
     assert headline.metadata == pytest.approx({"best_macro_f1": 0.90, "recommended_macro_f1": 0.90,
                                                "recommended_latency_ms": 4.0, "recommended_points_lost": 0.0,
                                                "recommended_speedup_vs_teacher": 2.5})
+
+
+# the HTML report as a browser lays it out: nothing wider than the window, the star drawn, figures scaled
+MEASURE = """<script>addEventListener("load", () => {
+  const table = document.querySelector("table"), star = document.querySelector("tr.rec svg.star");
+  document.title = JSON.stringify({page: document.documentElement.scrollWidth, window: innerWidth,
+    table: table.scrollWidth, room: table.parentElement.clientWidth, star: star ? star.getBoundingClientRect().width : 0,
+    glyph: document.body.innerText.includes("\\u2b50"), images: [...document.images].map(i => i.width <= i.parentElement.clientWidth
+      && i.naturalWidth > 0)});
+});</script>"""
+
+
+def browser_layout(page: str, tmp_path, width: int) -> dict:
+    """The page's measures (``MEASURE``) in headless Chromium at ``width`` px, read back from the title."""
+    measured = tmp_path / f"measured-{width}.html"
+    measured.write_text(page.replace("</body>", MEASURE + "</body>"))
+    done = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+                           "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},1000", "--dump-dom",
+                           measured.as_uri()], capture_output=True, text=True, timeout=60)
+    title = re.search(r"<title>(\{.*?\})</title>", done.stdout)
+    assert title, done.stderr[-2000:]
+    return json.loads(html.unescape(title.group(1)))
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="no chromium on this machine (apt-get install chromium)")
+def test_html_report_fits_the_browser_window(tmp_path, demo_data, tiny_config):
+    def longer(name):
+        return name.replace("student-2l", "student-6l-from-teacher-bert-base-uncased") if name else name
+
+    long_names = [dict(candidate, name=longer(candidate["name"]), control_of=longer(candidate.get("control_of")),
+                       macro_f1_ci=[candidate["macro_f1"] - 0.031, candidate["macro_f1"] + 0.027],
+                       val_macro_f1=candidate["macro_f1"] - 0.004, val_accuracy=candidate["accuracy"] + 0.01)
+                  for candidate in CANDIDATES]
+    report.run(tiny_config(), demo_data, write_candidates(tmp_path / "metrics", long_names), tmp_path / "report",
+               probe_dir=probe_output(tmp_path))
+    page = (tmp_path / "report" / "report.html").read_text()
+    wide, narrow = browser_layout(page, tmp_path, 1300), browser_layout(page, tmp_path, 800)
+    assert wide["page"] <= wide["window"] and wide["table"] <= wide["room"], wide  # the leaderboard fits at 1300 px
+    assert narrow["page"] <= narrow["window"], narrow  # narrower, the table scrolls in its box, not the page
+    for layout in (wide, narrow):
+        assert layout["star"] > 5 and not layout["glyph"], layout  # drawn, not left to a font that may lack it
+        assert len(layout["images"]) == 3 and all(layout["images"]), layout

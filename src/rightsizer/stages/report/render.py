@@ -26,9 +26,15 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 FIGURE_CAPTIONS = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
-TABLE_COLUMNS = ("rank", "candidate", "kind", "val accuracy", "val macro-F1", "test accuracy", "test macro-F1 [95% CI]",
+TABLE_COLUMNS = ("#", "candidate", "kind", "val accuracy", "val macro-F1", "test accuracy", "test macro-F1 [95% CI]",
                  "vs best, test (pt)", "latency p50 (ms)", "p95 (ms)", "throughput (/s)", "params", "trainable",
                  "size (MB)", "train time (s)", "Pareto")
+
+
+STAR = "⭐"  # the recommended candidate (drawn as STAR_SVG in HTML: many fonts lack the glyph)
+STAR_SVG = ('<svg class="star" viewBox="0 0 24 24" role="img" aria-label="recommended"><path fill="#f2b600" '
+            'stroke="#b8860b" stroke-width="1.2" d="M12 1.8l3.1 6.6 7.2.9-5.3 5 1.4 7.2L12 18l-6.4 3.5 1.4-7.2-5.3-5 '
+            '7.2-.9z"/></svg>')
 
 
 def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
@@ -36,7 +42,7 @@ def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
     front = set(report["pareto_front"])
     cells = []
     for rank, row in enumerate(rows, 1):
-        marks = (" ⭐" if row["name"] == report["recommended"] else "") + (" (best)" if row["name"] == report["best"] else "")
+        marks = (f" {STAR}" if row["name"] == report["recommended"] else "") + (" (best)" if row["name"] == report["best"] else "")
         measured = row.get("kind") != "baseline"  # the baseline's zeros are not measurements
         difference = ((report.get("comparisons") or {}).get(row["name"]) or {}).get("test")
         cells.append([str(rank), row["name"] + marks, row["kind"], _fmt(row.get("val_accuracy")), _fmt(row.get("val_macro_f1")),
@@ -150,7 +156,7 @@ def render_markdown(report: dict, rows: list[dict], card: dict, figures: dict[st
     lines += ["## Leaderboard", "", "| " + " | ".join(TABLE_COLUMNS) + " |",
               "|" + "|".join("---" if c in ("candidate", "kind", "Pareto") else "---:" for c in TABLE_COLUMNS) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, report)]
-    lines += ["", "⭐ recommended · ● on the Pareto front of quality against latency", ""]
+    lines += ["", f"{STAR} recommended · ● on the Pareto front of quality against latency", ""]
     if report["distillation"]:
         lines += ["## Distillation against its control", "", "| student | with teacher | control | without | gain (pt) |",
                   "|---|---:|---|---:|---:|"]
@@ -167,8 +173,13 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .muted{color:#666;font-size:.9em}.box{background:#f3f8f3;border-left:4px solid #2ca02c;padding:.6em 1em;margin:1em 0}
 .box.none{background:#fbf5ec;border-color:#e08a00}.flags li{margin:.3em 0}
-table{border-collapse:collapse;font-size:.88em;width:100%}th,td{padding:.35em .6em;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
-th{background:#fafafa}td.l,th.l{text-align:left}tr.rec td{background:#fff7d6;font-weight:600}tr.baseline td{color:#888}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;font-size:.84em;width:100%}
+th,td{padding:.3em .35em;border-bottom:1px solid #e4e4e4;text-align:right;white-space:nowrap}
+th{background:#fafafa;white-space:normal;vertical-align:bottom}td.l,th.l{text-align:left}
+td.name{white-space:normal;overflow-wrap:break-word;min-width:9em}td.wrap{white-space:normal}.ci{white-space:nowrap}
+tr.rec td{background:#fff7d6;font-weight:600}tr.baseline td{color:#888}
+svg.star{width:1em;height:1em;vertical-align:-.12em}
 img{max-width:100%;height:auto;border:1px solid #eee}
 """
 
@@ -178,6 +189,17 @@ LEFT = ' class="l"'
 
 def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_cell(column: str, cell: str) -> str:
+    """A leaderboard cell: names may break (at their hyphens), a value and its interval only before the bracket."""
+    text = html.escape(cell)
+    if column == "candidate":
+        return f'<td class="l name">{text.replace(STAR, STAR_SVG)}</td>'
+    if " [" in text:
+        value, interval = text.split(" [", 1)
+        return f'<td class="wrap">{value} <span class="ci">[{interval}</span></td>'
+    return f"<td{LEFT if column == 'kind' else ''}>{text}</td>"
 
 
 def render_html(report: dict, rows: list[dict], card: dict, figures: dict[str, Path]) -> str:
@@ -208,22 +230,21 @@ def render_html(report: dict, rows: list[dict], card: dict, figures: dict[str, P
         parts.append('<h2>Flags</h2><ul class="flags">')
         parts += [f"<li>⚠️ {e(flag['message'])}.</li>" for flag in report["flags"]]
         parts.append("</ul>")
-    parts.append("<h2>Leaderboard</h2><table><thead><tr>")
+    parts.append('<h2>Leaderboard</h2><div class="scroll"><table><thead><tr>')
     parts += [f'<th{LEFT if c in ("candidate", "kind") else ""}>{e(c)}</th>' for c in TABLE_COLUMNS]
     parts.append("</tr></thead><tbody>")
     for row, cells in zip(rows, table_cells(rows, report)):
         css = ' class="rec"' if row["name"] == report["recommended"] else ' class="baseline"' if row.get("kind") == "baseline" else ""
-        parts.append(f'<tr{css}>' + "".join(
-            f'<td{LEFT if column in ("candidate", "kind") else ""}>{e(cell)}</td>'
-            for column, cell in zip(TABLE_COLUMNS, cells)) + "</tr>")
-    parts.append('</tbody></table><p class="muted">⭐ recommended · ● on the Pareto front of quality against latency · '
-                 "latency is end to end (tokenize + forward) per example</p>")
+        parts.append(f'<tr{css}>' + "".join(_html_cell(column, cell) for column, cell in zip(TABLE_COLUMNS, cells)) + "</tr>")
+    parts.append(f'</tbody></table></div><p class="muted">{STAR_SVG} recommended · ● on the Pareto front of quality '
+                 "against latency · latency is end to end (tokenize + forward) per example</p>")
     if report["distillation"]:
-        parts.append("<h2>Distillation against its control</h2><table><thead><tr><th class=\"l\">student</th><th>with teacher</th>"
-                     "<th class=\"l\">control</th><th>without</th><th>gain (pt)</th></tr></thead><tbody>")
-        parts += [f'<tr><td class="l">{e(x["student"])}</td><td>{x["student_score"]:.4f}</td><td class="l">{e(x["control"])}</td>'
-                  f'<td>{x["control_score"]:.4f}</td><td>{x["gain_points"]:+.1f}</td></tr>' for x in report["distillation"]]
-        parts.append("</tbody></table>")
+        parts.append('<h2>Distillation against its control</h2><div class="scroll"><table><thead><tr><th class="l">student</th>'
+                     '<th>with teacher</th><th class="l">control</th><th>without</th><th>gain (pt)</th></tr></thead><tbody>')
+        parts += [f'<tr><td class="l name">{e(x["student"])}</td><td>{x["student_score"]:.4f}</td><td class="l name">'
+                  f'{e(x["control"])}</td><td>{x["control_score"]:.4f}</td><td>{x["gain_points"]:+.1f}</td></tr>'
+                  for x in report["distillation"]]
+        parts.append("</tbody></table></div>")
     for key, caption in FIGURE_CAPTIONS.items():
         if key in figures:
             parts.append(f'<h2>{caption}</h2><img alt="{caption}" src="{_embed(figures[key])}">')
