@@ -48,7 +48,8 @@ def make_config(args, unlabeled_csv: Path | None, seed: int, **student):
 
 
 def unlabeled_texts(path: Path, count: int, seed: int) -> None:
-    """``count`` demo texts as a text-only CSV (prepare drops any that are in the labelled splits)."""
+    """The demo texts as a text-only CSV, shuffled (prepare drops any that are in the labelled splits; ``main``
+    keeps the first ``count`` of the rest)."""
     import random
 
     import pandas as pd
@@ -58,7 +59,7 @@ def unlabeled_texts(path: Path, count: int, seed: int) -> None:
     rows = BUILTIN["demo"]["rows"]()
     texts = [row[BUILTIN["demo"]["text_column"]] for row in rows]
     random.Random(seed).shuffle(texts)
-    pd.DataFrame({"text": texts[:count * 2]}).to_csv(path, index=False)
+    pd.DataFrame({"text": texts}).to_csv(path, index=False)
 
 
 def test_macro_f1(model_dir: Path, data_dir: Path) -> float:
@@ -118,7 +119,10 @@ def main() -> None:
 
         from rightsizer.data import UNLABELED_DIR
 
-        kept = datasets.load_from_disk(str(root / "data" / UNLABELED_DIR)).select(range(args.unlabeled))
+        left = datasets.load_from_disk(str(root / "data" / UNLABELED_DIR))
+        if len(left) < args.unlabeled:
+            raise SystemExit(f"error: only {len(left)} demo texts are outside the labelled splits; --unlabeled {args.unlabeled}")
+        kept = left.select(range(args.unlabeled))
         kept.save_to_disk(str(root / "data" / "unlabeled-kept"))
         shutil.rmtree(root / "data" / UNLABELED_DIR)
         (root / "data" / "unlabeled-kept").rename(root / "data" / UNLABELED_DIR)
