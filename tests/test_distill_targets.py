@@ -150,6 +150,63 @@ def test_transfer_set_is_labelled_by_the_teacher_and_reaches_the_student(with_un
     assert not json.loads((tmp_path / "c" / "metrics.json").read_text())["kd_loss"]
 
 
+def test_out_of_fold_students_copies_are_labelled_by_the_fold_teacher_that_held_their_row_out(
+        with_unlabeled, oof, demo_data, trained_teacher, tmp_path):
+    """An augmented copy of training row i gets the soft target of the fold teacher that never saw row i (checked by
+    ids and against that fold teacher run on the copy directly); unlabeled text keeps the full-data teacher's; an
+    in-sample student in the same bundle keeps the full-data teacher's targets on everything."""
+    from safetensors.numpy import load_file
+
+    from rightsizer.data import load_unlabeled
+    from rightsizer.train.transfer import transfer_key
+
+    config, data_dir, _ = with_unlabeled
+    in_sample = config.students[0]
+    student = in_sample.model_copy(update={"name": "o", "targets": "out_of_fold", "folds": 2})
+    config = config.model_copy(update={"students": [in_sample, student],
+                                       "teachers": [config.teachers[0].model_copy(update={"max_steps": 15})]})
+    # fold teachers that kept no model (made before, or for a student without augmentation) are refused up front
+    with pytest.raises(UserError, match="kept no model"):
+        teacher_logits.run(config.model_copy(update={"students": [student]}), demo_data,
+                           [trained_teacher, *oof[1]], tmp_path / "refused")
+    folds = [tmp_path / f"fold{k}" for k in range(2)]
+    assert all(fold_teacher.run(config, data_dir, folds[k], name="teacher", fold=k)["model_kept"] for k in range(2))
+    summary = teacher_logits.run(config, data_dir, [trained_teacher, *folds], tmp_path / "bundle")
+    dataset, card = load_prepared(data_dir)
+    unlabeled = load_unlabeled(data_dir)
+    oof_key, teacher_key = (transfer_key(in_sample.augment, True, "out_of_fold"), transfer_key(in_sample.augment, True))
+    assert summary["transfer_labels"] == {teacher_key: {"augmented": "teacher", "unlabeled": "teacher"},
+                                          oof_key: {"augmented": "out_of_fold", "unlabeled": "teacher"}}
+    assert summary["transfer_labelling_s"][oof_key] > 0
+    bundle = teacher_logits.read_bundle(tmp_path / "bundle", card["label_names"], dataset["train"])
+    rows, entry = teacher_logits.transfer_set(bundle, student.augment, unlabeled, "out_of_fold")
+    assert entry["augmented_rows"] == 600 and entry["unlabeled_rows"] == 40 and bundle["fold_teacher_pass_s"] > 0
+    targets, origin = np.asarray(rows["teacher_logits"])[:, 0], np.asarray(rows["origin_id"])
+    model, tokenizer = load_saved(trained_teacher / "model")
+    full, _, _ = predict_logits(model, tokenizer, rows, config.data.max_length)
+    np.testing.assert_allclose(targets[origin < 0], full[origin < 0], atol=1e-4)  # unlabeled: the full teacher
+    labelled = np.zeros(len(rows), dtype=bool)
+    for directory in folds:
+        stored = load_file(str(directory / fold_teacher.OOF_FILE))
+        mine = np.flatnonzero(np.isin(origin, stored["ids"]))
+        assert len(mine) and not set(origin[mine].tolist()) & set(stored["trained_ids"].tolist())  # never saw the source
+        fold_model, fold_tokenizer = load_saved(directory / "model")
+        direct, _, _ = predict_logits(fold_model, fold_tokenizer, rows.select(mine), config.data.max_length)
+        np.testing.assert_allclose(targets[mine], direct, atol=1e-4)
+        labelled[mine] = True
+    assert labelled[origin >= 0].all() and not labelled[origin < 0].any()
+    copies = origin >= 0
+    assert np.abs(full[copies] - targets[copies]).max() > 0.1  # not the full-data teacher's targets
+    # the in-sample student's set: the same texts, every row labelled by the full-data teacher (as before)
+    same, _ = teacher_logits.transfer_set(bundle, in_sample.augment, unlabeled)
+    assert same["text"] == rows["text"] and same["origin_id"] == rows["origin_id"]
+    np.testing.assert_allclose(np.asarray(same["teacher_logits"])[:, 0], full, atol=1e-4)
+    # a bundle whose copies were labelled the old way is not read for an out-of-fold student
+    old = {**bundle, "transfer": {teacher_key: bundle["transfer"][teacher_key]}}
+    with pytest.raises(UserError, match="copies labelled by the fold teachers"):
+        teacher_logits.transfer_set(old, student.augment, unlabeled, "out_of_fold")
+
+
 def test_unlabeled_rows_get_only_the_kd_term():
     student, teacher = torch.randn(4, 3), torch.randn(4, 3)
     parts = distillation_loss(student, teacher, torch.tensor([-100, -100, -100, -100]), 2.0, 0.5)

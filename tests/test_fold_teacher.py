@@ -24,6 +24,7 @@ def test_fold_teacher_component_holds_out_its_fold(tmp_path, demo_data):
                           data=artifact(dsl.Dataset, demo_data), model=model)
     summary = json.loads((tmp_path / "fold1" / "summary.json").read_text())
     assert summary["kind"] == "fold-teacher" and summary["fold"] == 1 and summary["folds"] == 2
+    assert summary["model_kept"] is False and not (tmp_path / "fold1" / "model").exists()  # no student augments
     assert model.metadata == {"name": "teacher", "kind": "fold-teacher", "fold": 1,
                               "train_time_s": summary["train_time_s"]}
     stored = load_file(str(tmp_path / "fold1" / fold_teacher.OOF_FILE))

@@ -25,6 +25,7 @@ from rightsizer.models import count_parameters, describe, load_classifier, load_
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.stages.teacher_logits import cached_logits, check_labels, read_bundle, teacher_model_dir, transfer_set
 from rightsizer.train import fine_tune, training_texts
+from rightsizer.train.transfer import copies_labelled_by
 
 
 
@@ -223,7 +224,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
     unlabeled = load_unlabeled(data_dir)
     transfer, transfer_entry = None, {}
     if not student.online and (student.augment.active or unlabeled is not None):
-        transfer, transfer_entry = transfer_set(bundle, student.augment, unlabeled)
+        transfer, transfer_entry = transfer_set(bundle, student.augment, unlabeled, copies_labelled_by(student))
     metric = config.report.metric
 
     def attempt(temperature: float, alpha: float, work, options_for=None, save_model=True, extra=None):
@@ -276,6 +277,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
         if transfer is not None:
             transfer_facts = {"rows": len(transfer), "augmented_rows": transfer_entry["augmented_rows"],
                               "unlabeled_rows": transfer_entry["unlabeled_rows"], "augmenter": transfer_entry["augmenter"],
+                              "labels": transfer_entry.get("labels"),
                               "given": "augmented copies with their original labels" if control else "soft targets"}
         out.summary.update({
             "kind": "student", "model": origin, "params": params, "trainable_params": trainable,

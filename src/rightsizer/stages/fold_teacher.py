@@ -4,8 +4,9 @@ Fold teacher ``k`` of teacher ``name`` is the same fine-tune (model, options, se
 outside fold ``k`` (:func:`rightsizer.train.transfer.fold_assignment`); it predicts the rows of fold ``k`` and
 writes their logits, keyed by example id, with the ids it trained on. The teacher-logits stage stitches the
 K fold outputs into one soft target per training row, each from a teacher that never saw that row. Fold
-teachers are ordinary, independent training tasks (parallel on a cluster); their models are not kept and
-they are not candidates: the full-data teacher is.
+teachers are ordinary, independent training tasks (parallel on a cluster) and not candidates: the full-data
+teacher is. Their models are kept (``model/``) only when an out-of-fold student augments its training texts:
+the teacher-logits stage then labels the augmented copies of each held-out row with that row's fold teacher.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def fold_count(config: RunConfig) -> int:
     return wanted[0]
 
 
+def keeps_model(config: RunConfig) -> bool:
+    """Whether fold teachers keep their models: an out-of-fold student's augmented copies are labelled by them."""
+    from rightsizer.train.transfer import copies_labelled_by
+
+    return any(copies_labelled_by(s) == "out_of_fold" for s in config.students)
+
+
 def fold_tasks(config: RunConfig) -> list[dict]:
     """The pipeline's fold loop: one ``{"teacher": name, "fold": k}`` per teacher and fold (empty when no student
     wants out-of-fold targets)."""
@@ -64,7 +72,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         fold_data = datasets.DatasetDict({**dataset, "train": train.select(kept_rows)})
         model, tokenizer = load_classifier(teacher.model, card["label_names"], training_texts(fold_data), config.seed)
         result = fine_tune(model, tokenizer, fold_data, teacher, seed=config.seed, work_dir=out.work,
-                           max_length=config.data.max_length, save_model=False)
+                           max_length=config.data.max_length, save_model=keeps_model(config))
         held = train.select(held_rows)
         logits, seconds, _ = predict_logits(model, tokenizer, held, config.data.max_length,
                                             max(teacher.eval_batch_size, config.evaluation.batch_size))
@@ -73,6 +81,6 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         out.summary.update({
             "kind": "fold-teacher", "teacher": teacher.name, "fold": fold, "folds": folds,
             "train_fingerprint": fingerprint(train), "trained_rows": len(kept_rows), "held_out_rows": len(held_rows),
-            "held_out_pass_s": round(seconds, 4), **result.summary(),
+            "held_out_pass_s": round(seconds, 4), "model_kept": keeps_model(config), **result.summary(),
         })
     return out.summary

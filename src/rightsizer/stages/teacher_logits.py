@@ -9,8 +9,13 @@ through ``dsl.Collected``) and writes a *teacher bundle* that every student task
   dynamic padding. Students look their rows up by id, so each may tokenize the text its own way;
   With out-of-fold students it also holds ``oof_logits`` (N, teachers, classes): each row's logits from the
   fold teacher that did not train on it (stitched from the fold-teacher stage outputs, checked by id);
-- ``transfer-<key>/``: a transfer set per distinct student ``augment`` setting (unlabeled text and augmented
-  copies of the training texts) with the full teachers' logits in a ``teacher_logits`` column;
+- ``transfer-<key>/``: a transfer set per distinct student ``augment`` setting and labelling (unlabeled text and
+  augmented copies of the training texts, each copy with its source row's id in ``origin_id``) with soft targets
+  in a ``teacher_logits`` column. For in-sample students every row is labelled by the full-data teachers. For
+  out-of-fold students each augmented copy of training row i is labelled by the fold teacher (of each teacher)
+  that held row i out, the one giving row i its own target (the full-data teacher trained on row i, so its targets
+  on near-copies are nearly one-hot); unlabeled text keeps the full-data teachers' targets (no teacher trained on
+  it). The labelling is part of the set's key and recorded in its manifest entry (``labels``);
 - ``teachers/<name>/model/``: the teachers themselves (hard-linked where possible), only when a student
   needs them: online distillation (hidden-state matching) or ``from_teacher_layers``.
 
@@ -70,18 +75,14 @@ def is_fold_output(directory: Path) -> bool:
     return (directory / "summary.json").exists() and read_json(directory / "summary.json").get("kind") == "fold-teacher"
 
 
-def stitch_out_of_fold(config: RunConfig, teachers: list[dict], fold_dirs: list[Path], train) -> tuple[np.ndarray, dict]:
-    """(N, teachers, classes) out-of-fold logits in training-row order, and each teacher's fold training seconds.
-
-    Every training row must be predicted exactly once per teacher, by a fold teacher whose training ids exclude it.
-    """
-    from safetensors.numpy import load_file
-
-    from rightsizer.stages.fold_teacher import OOF_FILE, fold_count
+def fold_outputs(config: RunConfig, teachers: list[dict], fold_dirs: list[Path], train,
+                 need_models: bool = False) -> dict[str, dict[int, Path]]:
+    """Each teacher's fold-teacher outputs by fold, checked: made from this training split with this fold count,
+    none missing, and (``need_models``) each with its model kept."""
+    from rightsizer.stages.fold_teacher import fold_count
     from rightsizer.train.transfer import fingerprint
 
     folds, train_print = fold_count(config), fingerprint(train)
-    row_of = {int(i): row for row, i in enumerate(train["id"])}
     by_teacher: dict[str, dict[int, Path]] = {}
     for directory in fold_dirs:
         summary = read_json(directory / "summary.json")
@@ -89,13 +90,32 @@ def stitch_out_of_fold(config: RunConfig, teachers: list[dict], fold_dirs: list[
             raise UserError(f"fold teacher output '{directory}' was made from other training data or another fold "
                             f"count (folds {summary.get('folds')}, this run {folds}); rerun the fold-teacher stage")
         by_teacher.setdefault(summary["teacher"], {})[int(summary["fold"])] = directory
-    stacked, seconds = [], {}
     for teacher in teachers:
         outputs = by_teacher.get(teacher["name"], {})
         missing = sorted(set(range(folds)) - set(outputs))
         if missing:
             raise UserError(f"out-of-fold targets need {folds} fold teachers of '{teacher['name']}'; fold(s) "
                             f"{', '.join(map(str, missing))} missing (run `rightsizer stage fold-teacher --fold K`)")
+        without = [str(d) for _, d in sorted(outputs.items()) if need_models and not (d / "model").is_dir()]
+        if without:
+            raise UserError(f"fold teacher output '{without[0]}' kept no model, and an out-of-fold student's augmented "
+                            "copies are labelled by the fold teachers; rerun the fold-teacher stage with this config")
+    return by_teacher
+
+
+def stitch_out_of_fold(by_teacher: dict[str, dict[int, Path]], teachers: list[dict], train) -> tuple[np.ndarray, dict]:
+    """(N, teachers, classes) out-of-fold logits in training-row order, and each teacher's fold training seconds.
+
+    Every training row must be predicted exactly once per teacher, by a fold teacher whose training ids exclude it.
+    """
+    from safetensors.numpy import load_file
+
+    from rightsizer.stages.fold_teacher import OOF_FILE
+
+    row_of = {int(i): row for row, i in enumerate(train["id"])}
+    stacked, seconds = [], {}
+    for teacher in teachers:
+        outputs = by_teacher[teacher["name"]]
         logits = np.full((len(row_of), 0), np.nan, dtype=np.float32)
         seen = np.zeros(len(row_of), dtype=bool)
         seconds[teacher["name"]] = 0.0
@@ -153,6 +173,33 @@ def build_transfer_set(config: RunConfig, augment, train, unlabeled, first_teach
     return datasets.Dataset.from_dict({k: columns[k] for k in features}, features=datasets.Features(features)), facts
 
 
+def label_copies_out_of_fold(by_teacher: dict[str, dict[int, Path]], teachers: list[dict], rows, max_length: int,
+                             batch_size: int) -> tuple[np.ndarray, float]:
+    """(len(rows), teachers, classes) logits of augmented copies (``origin_id`` >= 0), each from the fold teacher
+    (of each teacher) that held the copy's source row out, and the seconds the passes took."""
+    from safetensors.numpy import load_file
+
+    from rightsizer.stages.fold_teacher import OOF_FILE
+
+    origin = np.asarray(rows["origin_id"], dtype=np.int64)
+    stacked, seconds = [], 0.0
+    for teacher in teachers:
+        logits, seen = None, np.zeros(len(rows), dtype=bool)
+        for _, directory in sorted(by_teacher[teacher["name"]].items()):
+            mine = np.flatnonzero(np.isin(origin, load_file(str(directory / OOF_FILE))["ids"]))
+            if not len(mine):
+                continue
+            predicted, spent = teacher_pass(directory / "model", rows.select(mine), max_length, batch_size)
+            if logits is None:
+                logits = np.full((len(rows), predicted.shape[1]), np.nan, dtype=np.float32)
+            logits[mine], seen[mine], seconds = predicted, True, seconds + spent
+        if logits is None or not seen.all():
+            raise UserError(f"the fold teachers of '{teacher['name']}' held out no source row of "
+                            f"{int((~seen).sum())} augmented copies; rerun them on this prepared data")
+        stacked.append(logits)
+    return np.stack(stacked, axis=1), seconds
+
+
 def _link_tree(source: Path, target: Path) -> None:
     """Copy a directory, hard-linking files when source and target share a file system."""
     def link_or_copy(src, dst):
@@ -183,7 +230,7 @@ def run(config: RunConfig, data_dir: str | Path, teacher_dirs: list[str | Path],
     from safetensors.numpy import save_file
 
     from rightsizer.stages.fold_teacher import fold_count
-    from rightsizer.train.transfer import fingerprint, transfer_key
+    from rightsizer.train.transfer import copies_labelled_by, fingerprint, transfer_key
 
     dataset, card = load_prepared(data_dir)
     teachers = read_teachers(config, teacher_dirs, card["label_names"])
@@ -195,7 +242,9 @@ def run(config: RunConfig, data_dir: str | Path, teacher_dirs: list[str | Path],
     need_models = any(s.online or s.from_teacher_layers is not None for s in students)
     train = dataset["train"]
     unlabeled = load_unlabeled(data_dir)
-    oof, fold_seconds = (stitch_out_of_fold(config, teachers, fold_dirs, train) if need_oof else (None, {}))
+    oof_copies = any(copies_labelled_by(s) == "out_of_fold" for s in cached_students)
+    by_fold = fold_outputs(config, teachers, fold_dirs, train, need_models=oof_copies) if need_oof else {}
+    oof, fold_seconds = stitch_out_of_fold(by_fold, teachers, train) if need_oof else (None, {})
     with stage_output(output_dir, "teacher-logits", config, name="teacher-logits") as out:
         entries, seconds = [], {}
         for teacher in teachers:
@@ -206,12 +255,15 @@ def run(config: RunConfig, data_dir: str | Path, teacher_dirs: list[str | Path],
                 _link_tree(teacher["dir"] / "model", out.work / "teachers" / teacher["name"] / "model")
                 entry["model_dir"] = f"teachers/{teacher['name']}/model"
             entries.append(entry)
+        def batch_size_of(name: str) -> int:
+            options = next((t for t in config.teachers if t.name == name), None)
+            return max(options.eval_batch_size if options else 0, config.evaluation.batch_size)
+
         def all_teachers(split) -> np.ndarray:
             stacked = []
             for teacher in teachers:
-                options = next((t for t in config.teachers if t.name == teacher["name"]), None)
-                batch_size = max(options.eval_batch_size if options else 0, config.evaluation.batch_size)
-                logits, spent = teacher_pass(teacher["dir"] / "model", split, config.data.max_length, batch_size)
+                logits, spent = teacher_pass(teacher["dir"] / "model", split, config.data.max_length,
+                                             batch_size_of(teacher["name"]))
                 seconds[teacher["name"]] = seconds.get(teacher["name"], 0.0) + spent
                 stacked.append(logits)
             return np.stack(stacked, axis=1)
@@ -221,21 +273,43 @@ def run(config: RunConfig, data_dir: str | Path, teacher_dirs: list[str | Path],
             if oof is not None:
                 tensors["oof_logits"] = oof
             save_file(tensors, str(out.work / LOGITS_FILE))
+        def label_transfer(rows, copies_by: str) -> np.ndarray:
+            """The transfer set's soft targets: all rows by the full-data teachers, or (``out_of_fold``) the
+            unlabeled rows by them and each augmented copy by the fold teacher that held its source row out."""
+            if copies_by == "teacher":
+                return all_teachers(rows)
+            origin = np.asarray(rows["origin_id"])
+            logits = np.full((len(rows), len(teachers), len(card["label_names"])), np.nan, dtype=np.float32)
+            copies, texts = np.flatnonzero(origin >= 0), np.flatnonzero(origin < 0)
+            if len(texts):
+                logits[texts] = all_teachers(rows.select(texts))
+            if len(copies):
+                batch_size = max(batch_size_of(t["name"]) for t in teachers)
+                logits[copies], spent = label_copies_out_of_fold(by_fold, teachers, rows.select(copies),
+                                                                 config.data.max_length, batch_size)
+                fold_pass_s.append(spent)
+            return logits
+
         transfer: dict = {}
+        fold_pass_s: list[float] = []  # fold teachers labelling augmented copies
         started = time.perf_counter()
         for student in cached_students:
             if not student.augment.active and unlabeled is None:
                 continue
-            key = transfer_key(student.augment, unlabeled is not None)
+            copies_by = copies_labelled_by(student)
+            key = transfer_key(student.augment, unlabeled is not None, copies_by)
             if key in transfer:
                 continue
             rows, facts = build_transfer_set(config, student.augment, train, unlabeled, teachers[0]["dir"] / "model")
-            logits = all_teachers(rows)
+            labelling = time.perf_counter()
+            logits = label_transfer(rows, copies_by)
             feature = datasets.Array2D(shape=logits.shape[1:], dtype="float32")
             rows = rows.add_column("teacher_logits", logits.tolist(), feature=feature)
             rows.save_to_disk(str(out.work / key))
             transfer[key] = {"dir": key, "rows": len(rows), "fingerprint": fingerprint(rows), **facts,
-                             "augment": student.augment.model_dump()}
+                             "augment": student.augment.model_dump(),
+                             "labels": {"augmented": copies_by, "unlabeled": "teacher"},
+                             "labelling_s": round(time.perf_counter() - labelling, 3)}
         transfer_s = time.perf_counter() - started
         manifest = {"teachers": entries, "label_names": card["label_names"], "train_rows": len(train),
                     "train_fingerprint": fingerprint(train),
@@ -245,13 +319,16 @@ def run(config: RunConfig, data_dir: str | Path, teacher_dirs: list[str | Path],
                     "fold_teachers_train_s": {k: round(v, 3) for k, v in fold_seconds.items()},
                     "transfer": transfer, "transfer_s": round(transfer_s, 3),
                     "teacher_pass_s": round(sum(seconds.values()), 4),
-                    "teacher_pass_s_each": {k: round(v, 4) for k, v in seconds.items()}}
+                    "teacher_pass_s_each": {k: round(v, 4) for k, v in seconds.items()},
+                    "fold_teacher_pass_s": round(sum(fold_pass_s), 4)}
         write_json(out.work / MANIFEST, manifest)
         out.summary.update({"kind": "teacher-logits", "teachers": [t["name"] for t in teachers],
                             "cached_logits": need_logits, "teacher_models": need_models, "train_rows": len(train),
                             "teacher_pass_s": manifest["teacher_pass_s"], "out_of_fold": oof is not None,
                             "fold_teachers_train_s": round(sum(fold_seconds.values()), 3),
                             "transfer_rows": {k: v["rows"] for k, v in transfer.items()},
+                            "transfer_labels": {k: v["labels"] for k, v in transfer.items()},
+                            "transfer_labelling_s": {k: v["labelling_s"] for k, v in transfer.items()},
                             "transfer_s": manifest["transfer_s"]})
     return out.summary
 
@@ -278,19 +355,20 @@ def read_bundle(bundle_dir: str | Path, label_names: list[str], train=None) -> d
     return manifest
 
 
-def transfer_set(bundle: dict, augment, unlabeled):
+def transfer_set(bundle: dict, augment, unlabeled, copies_by: str = "teacher"):
     """(the bundle's transfer set for this augment setting, with ``teacher_logits``; its manifest entry), checked
-    against the data."""
+    against the data; ``copies_by``: who must have labelled the augmented copies (``copies_labelled_by``)."""
     import datasets
 
     from rightsizer.train.transfer import fingerprint, transfer_key
 
-    key = transfer_key(augment, unlabeled is not None)
+    key = transfer_key(augment, unlabeled is not None, copies_by)
     entry = bundle.get("transfer", {}).get(key)
-    if entry is None:
+    if entry is None or entry.get("labels", {}).get("augmented", "teacher") != copies_by:
         raise UserError(f"the teacher bundle '{bundle['dir']}' has no transfer set for augment {augment.model_dump()} "
-                        f"{'with' if unlabeled is not None else 'without'} unlabeled text; rerun the teacher-logits "
-                        "stage with this config")
+                        f"{'with' if unlabeled is not None else 'without'} unlabeled text and copies labelled by "
+                        f"{'the fold teachers' if copies_by == 'out_of_fold' else 'the teacher'}; rerun the "
+                        "teacher-logits stage with this config")
     if (fingerprint(unlabeled) if unlabeled is not None else None) != bundle.get("unlabeled_fingerprint"):
         raise UserError(f"the teacher bundle '{bundle['dir']}' labelled other unlabeled text; rerun the "
                         "teacher-logits stage on this prepared data")

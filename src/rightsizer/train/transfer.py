@@ -4,7 +4,9 @@
   ``k`` trains on the other K-1 folds and predicts fold ``k``, so every training row gets a soft target from a
   teacher that never saw it (a teacher's targets on its own training rows are nearly one-hot: KD ≈ CE).
 - **The transfer set**: unlabeled in-domain text (``data.unlabeled_source``) and augmented copies of the
-  training texts (``students[].augment``), labelled by the full-data teachers. ``swap`` moves and drops
+  training texts (``students[].augment``), labelled by the full-data teachers; for an out-of-fold student the
+  copies of training row i are labelled by the fold teacher that held row i out (the full-data teacher
+  trained on row i, so its targets on near-copies of it are nearly one-hot again). ``swap`` moves and drops
   words; ``mlm`` replaces words with a masked LM's fills, or, where the model has no masked-LM head (a
   fine-tuned classifier, a sentence encoder), with nearest neighbours in the teacher's own word-embedding
   space (TinyBERT's rule for words a masked LM cannot fill).
@@ -54,9 +56,21 @@ def fingerprint(split) -> str:
     return digest.hexdigest()[:16]
 
 
-def transfer_key(augment, unlabeled: bool) -> str:
-    """Name of the transfer set a student with this ``augment`` reads (students with the same settings share it)."""
+def copies_labelled_by(student) -> str:
+    """Who labels the augmented copies a cached student reads: ``out_of_fold`` (copy of row i by the fold teacher
+    that held row i out) for an out-of-fold student with augmentation, else ``teacher`` (the full-data teacher)."""
+    oof = student.targets == "out_of_fold" and student.augment.active and not student.online
+    return "out_of_fold" if oof else "teacher"
+
+
+def transfer_key(augment, unlabeled: bool, copies_by: str = "teacher") -> str:
+    """Name of the transfer set a student with this ``augment`` reads (students with the same settings share it).
+
+    ``copies_by`` (:func:`copies_labelled_by`) is part of the name when it is not the full-data teacher, so a
+    bundle whose copies were labelled the other way is never read in its place."""
     spec = {"unlabeled": unlabeled, **augment.model_dump()}
+    if copies_by != "teacher":
+        spec["copies_labelled_by"] = copies_by
     return "transfer-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
