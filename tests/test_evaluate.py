@@ -23,6 +23,25 @@ def test_quality_metrics_on_a_known_confusion():
     assert metrics["per_class"]["a"] == pytest.approx({"precision": 2 / 3, "recall": 0.5, "f1": f1[0], "support": 4})
 
 
+def test_one_majority_baseline_for_the_report_row_and_the_probe_chance():
+    from rightsizer.stages import probe
+    from rightsizer.stages.evaluate import majority_baseline
+
+    labels = {"train": np.array([0, 0, 1, 2, 0]), "validation": np.array([1, 1, 0]), "test": np.array([0, 1, 2, 0])}
+    names = ["a", "b", "c"]
+    baseline = majority_baseline(labels["train"], {"test": labels["test"]}, names)
+    assert baseline["label"] == 0 and baseline["test"]["accuracy"] == pytest.approx(0.5)
+    # F1 of a = 2 * 0.5 * 1 / 1.5; b and c are never predicted (0), and count in the macro mean
+    assert baseline["test"]["macro_f1"] == pytest.approx((2 / 3) / 3)
+    row = report.baseline_row({split: {"label": rows} for split, rows in labels.items()},
+                              {"label_names": names, "num_labels": 3})
+    chance = probe.chance_scores(labels, names)
+    assert row["accuracy"] == chance["majority"]["accuracy"] and row["macro_f1"] == chance["majority"]["macro_f1"]
+    assert row["majority_label"] == "a" and row["val_accuracy"] == pytest.approx(1 / 3)
+    assert row["confusion_matrix"] == [[2, 0, 0], [1, 0, 0], [1, 0, 0]]
+    assert chance["uniform_accuracy"] == pytest.approx(1 / 3)
+
+
 def test_evaluate_stage_on_a_trained_teacher(tmp_path, demo_data, trained_teacher, tiny_config):
     import torch
 

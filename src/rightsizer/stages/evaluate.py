@@ -49,6 +49,15 @@ def quality_metrics(predictions: np.ndarray, labels: np.ndarray, label_names: li
     }
 
 
+def majority_baseline(train_labels, labels: dict[str, np.ndarray], label_names: list[str]) -> dict:
+    """The training split's majority class, predicted for every row of each split in ``labels``:
+    ``{"label": class index, split: quality_metrics}``. The one majority baseline: the report's
+    ``majority-baseline`` row and the probe's chance line are both read from it."""
+    majority = int(np.bincount(np.asarray(train_labels), minlength=len(label_names)).argmax())
+    return {"label": majority, **{split: quality_metrics(np.full_like(np.asarray(rows), majority), np.asarray(rows),
+                                                         label_names) for split, rows in labels.items()}}
+
+
 def measure_latency(model, tokenizer, split, max_length: int, batch_size: int, samples: int, warmup: int, seed: int) -> dict:
     """Per-request latency over ``samples`` random requests of ``batch_size`` examples."""
     import torch

@@ -30,6 +30,7 @@ from rightsizer.inference import batches_by_length, encode_texts
 from rightsizer.models import describe, load_classifier
 from rightsizer.outputs import stage_output, write_json
 from rightsizer.slicing import after_layers, check_depths, family_of, layer_stack
+from rightsizer.stages.evaluate import majority_baseline
 from rightsizer.stages.report.figures import plot_probe
 from rightsizer.train import classification_metrics, training_texts
 
@@ -200,11 +201,11 @@ def best_layer(scores: list[dict], metric: str) -> int:
     return max(scores, key=lambda row: (row["validation"][metric], -row["layer"]))["layer"]
 
 
-def chance_scores(labels: dict[str, np.ndarray], num_labels: int) -> dict:
-    """What guessing scores on test: uniform accuracy and the train-majority class."""
-    majority = int(np.bincount(labels["train"], minlength=num_labels).argmax())
-    return {"uniform_accuracy": 1.0 / num_labels,
-            "majority": classification_metrics(np.full_like(labels["test"], majority), labels["test"])}
+def chance_scores(labels: dict[str, np.ndarray], label_names: list[str]) -> dict:
+    """What guessing scores on test: uniform accuracy and the train-majority class (the report's baseline row)."""
+    majority = majority_baseline(labels["train"], {"test": labels["test"]}, label_names)["test"]
+    return {"uniform_accuracy": 1.0 / len(label_names),
+            "majority": {"accuracy": majority["accuracy"], "macro_f1": majority["macro_f1"]}}
 
 
 def _probe_train_split(dataset, limit: int | None, seed: int):
@@ -251,7 +252,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path) -> dict
 
         best = best_layer(scores, metric)
         slices = auto_slices(best) if probe.finetune_slices == "auto" else sorted(set(probe.finetune_slices))
-        chance = chance_scores(labels, card["num_labels"])
+        chance = chance_scores(labels, card["label_names"])
         result = {
             "model": probe.model, "reference": probe_reference(config), "family": family.name, "depth": model_depth,
             "pooling": pooling, "metric": metric, "best_layer": best, "finetune_slices": probe.finetune_slices,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 
 from rightsizer.errors import UserError
@@ -17,20 +16,16 @@ LEADERBOARD_KEYS = tuple(LeaderboardRow.model_fields)  # leaderboard.json's fiel
 
 def baseline_row(dataset, card: dict) -> dict:
     """Majority class of the training split, predicted for every validation and test example."""
-    from rightsizer.stages.evaluate import quality_metrics
+    from rightsizer.stages.evaluate import majority_baseline
 
-    train_counts = np.bincount(np.asarray(dataset["train"]["label"]), minlength=card["num_labels"])
-    majority = int(train_counts.argmax())
-    labels = np.asarray(dataset["test"]["label"])
-    metrics = quality_metrics(np.full_like(labels, majority), labels, card["label_names"])
-    labels = np.asarray(dataset["validation"]["label"])
-    validation = quality_metrics(np.full_like(labels, majority), labels, card["label_names"])
+    baseline = majority_baseline(dataset["train"]["label"], {split: dataset[split]["label"]
+                                                             for split in ("validation", "test")}, card["label_names"])
+    metrics, validation = baseline["test"], baseline["validation"]
     return {"name": "majority-baseline", "kind": "baseline", "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "val_accuracy": validation["accuracy"], "val_macro_f1": validation["macro_f1"],
             "params": 0, "trainable_params": 0, "size_mb": 0.0, "latency_ms": 0.0, "latency_p95_ms": 0.0,
-            "throughput_per_s": None, "majority_label": card["label_names"][majority],
+            "throughput_per_s": None, "majority_label": card["label_names"][baseline["label"]],
             "confusion_matrix": metrics["confusion_matrix"], "labels": metrics["labels"]}
-
 
 
 def read_row(path: Path) -> dict:
