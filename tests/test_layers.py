@@ -131,3 +131,16 @@ def test_no_import_circles():
 def test_the_check_sees_imports_inside_functions():
     assert "rightsizer.pods" in GRAPH["rightsizer.launch.trainjob"]  # imported inside build_request
     assert "rightsizer.config" not in GRAPH["rightsizer.candidates"]  # only under TYPE_CHECKING
+
+
+# facts about the machine, each read in one function (a second reader drifts: one path checked the GPU count,
+# another only availability); the key is the call, the value the one module allowed to make it
+READ_ONCE = {"is_bf16_supported(": "rightsizer.inference",  # gpu_bf16()
+             'environ.get("RANK"': "rightsizer.outputs",  # process_rank()
+             'environ.get("WORLD_SIZE"': "rightsizer.outputs"}  # world_size()
+
+
+def test_machine_facts_are_read_in_one_place():
+    readers = {call: sorted(module for module, path in MODULES.items() if call in path.read_text())
+               for call in READ_ONCE}
+    assert readers == {call: [module] for call, module in READ_ONCE.items()}

@@ -14,6 +14,14 @@ import numpy as np
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # config name -> torch dtype name
 
 
+def gpu_bf16() -> bool:
+    """Whether this process has a CUDA GPU with bf16: the one place training, launching and evaluation read it
+    (training autocasts in bf16 exactly when this holds; the CPU is always fp32)."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
 def inference_placement(requested: str = "auto") -> tuple[str, str]:
     """``(device, precision)`` for evaluation and prompting: CUDA when present, else the CPU.
 
@@ -26,7 +34,7 @@ def inference_placement(requested: str = "auto") -> tuple[str, str]:
 
     if not torch.cuda.is_available():
         return "cpu", "fp32" if requested == "auto" else requested
-    bf16 = torch.cuda.is_bf16_supported()
+    bf16 = gpu_bf16()
     if requested == "auto":
         return "cuda", "bf16" if bf16 else "fp16"
     if requested == "bf16" and not bf16:

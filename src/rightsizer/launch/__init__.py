@@ -21,6 +21,7 @@ from typing import Any
 
 from rightsizer import plan as plan_table
 from rightsizer.errors import UserError
+from rightsizer.inference import gpu_bf16
 from rightsizer.outputs import local_world_size, process_rank, world_size
 from rightsizer.deepspeed import check_against_training, deepspeed_config, with_zero_stage, zero_stage
 from rightsizer.launch.local import LAUNCHED_ENV, LaunchError, inside_launch
@@ -45,7 +46,7 @@ def _cuda_devices() -> tuple[int, bool]:
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return count, bool(count and torch.cuda.is_bf16_supported())
+    return count, bool(count and gpu_bf16())
 
 
 def plan_launch(config, stage_key: str) -> LaunchPlan:
@@ -161,7 +162,7 @@ def prepare_training(config, stage: str, options, model) -> TrainingPlan:
     world, local = world_size(), local_world_size()
     nodes = max(1, world // max(1, local))
     on_gpu = torch.cuda.is_available()
-    bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+    bf16 = gpu_bf16()
     resolved = deepspeed_config(config.deepspeed)
     if resolved is not None and world == 1 and not inside_launch():
         raise ValueError("DeepSpeed needs the torchrun launcher; call launch.dispatch before prepare_training")

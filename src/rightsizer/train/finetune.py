@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rightsizer.config import TrainingOptions
+from rightsizer.inference import gpu_bf16
 from rightsizer.outputs import local_world_size, process_rank, world_size
 
 
@@ -142,7 +143,7 @@ def fine_tune(
     epoch_steps, total_steps = steps_per_epoch(len(train_set), options), planned_steps(len(train_set), options)
     interval = checkpoint_steps or min(epoch_steps, total_steps)
     on_gpu = torch.cuda.is_available()
-    bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+    bf16 = gpu_bf16()
     if deepspeed is None:
         fp32_master_weights(model)
     rank_zero = process_rank() == 0
