@@ -25,6 +25,15 @@ def test_launches_is_true_exactly_for_the_stages_that_call_dispatch():
         assert calls == ([stage.name] if stage.launches else []), stage.name
 
 
+def test_a_running_component_finds_its_stage_and_is_labelled_with_its_name():
+    from rightsizer import plan
+    from rightsizer.component_runtime import _identity
+
+    assert all(plan.of_module(stage.module) is stage for stage in STAGES.values()) and plan.of_module("nope") is None
+    assert _identity("teacher_logits", {})[0] == "teacher-logits"  # the console says what `rightsizer stage` takes
+    assert _identity("adapters", {"name": "lora-q"})[0] == "adapters lora-q"
+
+
 def test_resource_keys_fall_back_to_known_keys():
     assert all(parent in RESOURCE_KEYS for parent in RESOURCE_KEYS.values() if parent is not None)
     assert {s.resources for s in STAGES.values()} <= set(RESOURCE_KEYS)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rightsizer import progress
+from rightsizer import plan, progress
 from rightsizer.config import config_from_json
 from rightsizer.errors import UserError
 from rightsizer.timing import busy
@@ -52,7 +52,8 @@ def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
                 inputs.append(f"{stamp.get('stage')}:{stamp.get('name')}")
             except (OSError, ValueError):
                 inputs.append(key)
-    word = progress.STAGE_WORDS.get(stage, stage)
+    row = plan.of_module(stage)
+    word = row.name if row else stage  # the stage's CLI name: teacher-logits, fold-teacher
     shown = [str(kwargs["name"])] if kwargs.get("name") else named  # "evaluate lora-qv", not its kind too
     label = " ".join(dict.fromkeys([word, *shown])) if shown else word
     if stage == "evaluate" and not kwargs.get("name"):  # slices are named by their own summary

@@ -94,6 +94,11 @@ def stage(name: str) -> Stage:
     return STAGES[name]
 
 
+def of_module(module: str) -> Stage | None:
+    """The stage whose ``run()`` lives in ``rightsizer.stages.<module>`` (how a running component knows its stage)."""
+    return next((s for s in STAGES.values() if s.module == module), None)
+
+
 def resource_chain(key: str) -> list[str]:
     """``key`` and the keys it falls back to, most specific first (``default`` not included)."""
     if key not in RESOURCE_KEYS or key == "default":

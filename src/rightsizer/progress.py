@@ -27,10 +27,9 @@ STOP_ENV = "RIGHTSIZER_STOP_FILE"  # once this file exists, a task that has not 
 def stop_requested() -> bool:
     path = os.environ.get(STOP_ENV)
     return bool(path) and os.path.exists(path)
+
+
 PREFIX = "@@rightsizer "
-STAGE_WORDS = {"prepare": "prepare", "teacher": "teacher", "teacher_logits": "teacher-logits", "distill": "distill",
-               "adapters": "adapter", "probe": "probe", "slice": "slice", "evaluate": "evaluate",
-               "prompting": "prompting", "report": "report"}
 
 
 def enabled() -> bool:
