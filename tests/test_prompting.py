@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from rightsizer import candidates
 from rightsizer.cli import main
 from rightsizer.config import config_from_dict
 from rightsizer.errors import UserError
@@ -109,16 +110,20 @@ def test_prompting_config_checks(prompting, message):
         config_from_dict(prompting_raw(prompting))
 
 
+def runs(config):
+    """(row name, model reference, shots) of every prompting row."""
+    return [(row.name, row.model, row.shots) for row in candidates.prompting(config)]
+
+
 def test_prompting_rows_and_encoder_refusal():
     config = config_from_dict(prompting_raw({"shots": [0, 2]}))
-    assert config.prompting_runs() == [("prompt-teacher-0shot", "tiny-llama-2l", 0),
-                                       ("prompt-teacher-2shot", "tiny-llama-2l", 2)]
+    assert runs(config) == [("prompt-teacher-0shot", "tiny-llama-2l", 0), ("prompt-teacher-2shot", "tiny-llama-2l", 2)]
     with pytest.raises(UserError, match="no teacher is a decoder preset, so set evaluation.prompting.model"):
         config_from_dict(prompting_raw({"shots": 0}, teacher_model="tiny-bert-2l"))
     with pytest.raises(UserError, match="'tiny-bert-2l' is encoder-only; use a decoder \\(tiny-gpt2-2l"):
         config_from_dict(prompting_raw({"model": "tiny-bert-2l"}))
     explicit = config_from_dict(prompting_raw({"model": ["tiny-gpt2-2l"]}, teacher_model="tiny-bert-2l"))
-    assert explicit.prompting_runs() == [("prompt-tiny-gpt2-2l-0shot", "tiny-gpt2-2l", 0)]
+    assert runs(explicit) == [("prompt-tiny-gpt2-2l-0shot", "tiny-gpt2-2l", 0)]
 
 
 def test_encoder_directory_is_refused(tmp_path):
@@ -129,6 +134,10 @@ def test_encoder_directory_is_refused(tmp_path):
     tokenizer.save_pretrained(str(tmp_path / "bert"))
     with pytest.raises(UserError, match=r"prompting needs a causal LM, but '.*bert' \(bert\) is encoder-only"):
         load_causal_lm(str(tmp_path / "bert"))
+    from rightsizer.validate import validate  # the up-front check reads every prompting row's model, before training
+
+    with pytest.raises(UserError, match=r"prompting needs a causal LM, but '.*bert' \(bert\) is encoder-only; use a "):
+        validate(config_from_dict(prompting_raw({"model": str(tmp_path / "bert")})))
 
 
 def test_stage_writes_a_prompting_row(small_data, tmp_path):

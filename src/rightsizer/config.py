@@ -651,7 +651,7 @@ class RunConfig(Strict):
             if entry.of in CANDIDATE_KINDS and entry.of != "slice" and entry.of not in known.values():
                 raise ValueError(f"{label}: of '{entry.of}' but no {entry.of} is configured")
             for source, kind in known.items():
-                name = self.quantized_name(entry, source, kind, control=source in self.controls())
+                name = candidates.quantized_name(entry, source, kind, control=source in self.controls(), names=known)
                 if name is None:
                     continue
                 if kind == "adapter" and not ADAPTERS[self.adapter(source).method].mergeable:
@@ -673,13 +673,11 @@ class RunConfig(Strict):
         """Every trained candidate known before the run -> its kind (slices only where finetune_slices lists depths)."""
         return {c.name: c.kind for c in candidates.trained(self)}
 
-    def quantized_name(self, entry: "QuantizeConfig", source: str, kind: str, control: bool = False) -> str | None:
-        """:func:`candidates.quantized_name` (the one place quantized forms are named)."""
-        return candidates.quantized_name(entry, source, kind, control, names=self.candidate_kinds())
-
     def quantize_plan(self, source: str, kind: str, control: bool = False) -> list[tuple[str, "QuantizeConfig"]]:
         """(candidate name, entry) for every quantized form of ``source``, in config order."""
-        plan = [(self.quantized_name(entry, source, kind, control), entry) for entry in self.quantize]
+        names = self.candidate_kinds()
+        plan = [(candidates.quantized_name(entry, source, kind, control, names=names), entry)
+                for entry in self.quantize]
         return [(name, entry) for name, entry in plan if name is not None]
 
     def quantized_kinds(self) -> set[str]:
@@ -694,10 +692,6 @@ class RunConfig(Strict):
             elif entry.of in known:
                 kinds.add(known[entry.of])
         return kinds
-
-    def prompting_runs(self) -> list[tuple[str, str, int]]:
-        """(row name, model reference, shots) for every prompting baseline row (:func:`candidates.prompting`)."""
-        return [(row.name, row.model, row.shots) for row in candidates.prompting(self)]
 
     # -- helpers used by stages -------------------------------------------------------------
     def teacher(self, name: str) -> TeacherConfig:

@@ -209,10 +209,12 @@ def check_probe(config: RunConfig, models: Models, report: Report) -> None:
 
 
 def check_prompting(config: RunConfig, models: Models, report: Report) -> None:
+    from rightsizer import candidates
     from rightsizer.models import describe, is_causal_lm
 
-    for row, reference, _ in config.prompting_runs():
-        model_config = models.config(reference, f"evaluation.prompting ({row})")
+    for row in candidates.prompting(config):
+        reference = row.model
+        model_config = models.config(reference, f"evaluation.prompting ({row.name})")
         if model_config is not None and describe(reference) != "preset" and not is_causal_lm(model_config):
             raise UserError(f"prompting needs a causal LM, but '{reference}' ({model_config.model_type}) is "
                             "encoder-only; use a decoder preset or a Hub causal LM")
