@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from pathlib import Path
 
 from rightsizer.cli import main
 from rightsizer.plan import RESOURCE_KEYS, STAGES
@@ -32,6 +33,18 @@ def test_a_running_component_finds_its_stage_and_is_labelled_with_its_name():
     assert all(plan.of_module(stage.module) is stage for stage in STAGES.values()) and plan.of_module("nope") is None
     assert _identity("teacher_logits", {})[0] == "teacher-logits"  # the console says what `rightsizer stage` takes
     assert _identity("adapters", {"name": "lora-q"})[0] == "adapters lora-q"
+
+
+def test_every_stage_is_found_in_one_hop():
+    """stages/<module>.py (or a package), components/<module>.py and tests/test_<module>.py, whose test calls the
+    component."""
+    repo = Path(__file__).resolve().parents[1]
+    for stage in STAGES.values():
+        source = repo / "src" / "rightsizer" / "stages" / stage.module
+        assert source.with_suffix(".py").is_file() or (source / "__init__.py").is_file(), stage.name
+        assert (repo / "components" / f"{stage.module}.py").is_file(), stage.name
+        test = repo / "tests" / f"test_{stage.module}.py"
+        assert test.is_file() and f"from components.{stage.module} import" in test.read_text(), stage.name
 
 
 def test_resource_keys_fall_back_to_known_keys():
