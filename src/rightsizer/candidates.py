@@ -42,6 +42,12 @@ class Candidate(BaseModel):
     control_of: str | None = None  # a -nodistill control: the student it is the control of
     layers: int | None = None  # a slice: layers kept
     shots: int | None = None  # a prompting row: k
+    seeds: tuple[int, ...] = ()  # one training run per seed (the first is the run the later stages build on)
+
+    @property
+    def seed(self) -> int:
+        """The seed of its first run: the model that teacher logits, adapters' bases and quantized forms use."""
+        return self.seeds[0]
 
 
 def resolve_model(config: "RunConfig", name_or_reference: str) -> tuple[str, str | None]:
@@ -53,8 +59,28 @@ def resolve_model(config: "RunConfig", name_or_reference: str) -> tuple[str, str
     return name_or_reference, None
 
 
+def seeds_of(config: "RunConfig", member=None) -> tuple[int, ...]:
+    """The seeds a training entry runs with: its own ``seeds``, else the run's ``seeds``, else the run's ``seed``;
+    ``member`` None (slices, which like the probe they come from run once, and prompting rows): the run's ``seed``."""
+    if member is None:
+        return (config.seed,)
+    return tuple(member.seeds or config.seeds or [config.seed])
+
+
+def seed_runs(made: list[Candidate]) -> list[dict]:
+    """One ``{"candidate": name, "seed": seed}`` per training run of ``made`` (a pipeline loop's items; not "name":
+    KFP's loop variable has an attribute of that name)."""
+    return [{"candidate": candidate.name, "seed": seed} for candidate in made for seed in candidate.seeds]
+
+
+def several_seeds(made: list[Candidate]) -> bool:
+    """Whether any of ``made`` trains more than once (its stage then loops over :func:`seed_runs`)."""
+    return any(len(candidate.seeds) > 1 for candidate in made)
+
+
 def teachers(config: "RunConfig") -> list[Candidate]:
-    return [Candidate(name=t.name, kind="teacher", stage="teacher", member=t.name, model=t.model) for t in config.teachers]
+    return [Candidate(name=t.name, kind="teacher", stage="teacher", member=t.name, model=t.model,
+                      seeds=seeds_of(config, t)) for t in config.teachers]
 
 
 def control_name(student: str) -> str:
@@ -73,7 +99,7 @@ def students(config: "RunConfig") -> list[Candidate]:
             model = student.model if student.model is not None else resolve_model(config, teacher)[0] if teacher else None
             rows.append(Candidate(name=control_name(student.name) if control else student.name, kind="student",
                                   stage="distill", member=student.name, model=model, teacher=teacher,
-                                  control_of=student.name if control else None))
+                                  control_of=student.name if control else None, seeds=seeds_of(config, student)))
     return rows
 
 
@@ -82,7 +108,7 @@ def adapters(config: "RunConfig") -> list[Candidate]:
     for adapter in config.adapters:
         model, teacher = resolve_model(config, adapter.base)
         rows.append(Candidate(name=adapter.name, kind="adapter", stage="adapters", member=adapter.name, model=model,
-                              teacher=teacher))
+                              teacher=teacher, seeds=seeds_of(config, adapter)))
     return rows
 
 
@@ -97,7 +123,8 @@ def slice_candidate(config: "RunConfig", layers: int) -> Candidate:
         raise UserError("the config has no 'probe' section; add one (e.g. probe: {model: teacher})")
     model, teacher = resolve_model(config, config.probe.model)
     return Candidate(name=f"{_short(config.probe.model)}-L{layers}", kind="slice", stage="slice",
-                     member=config.probe.model, model=model, teacher=teacher, layers=int(layers))
+                     member=config.probe.model, model=model, teacher=teacher, layers=int(layers),
+                     seeds=seeds_of(config))
 
 
 def slices(config: "RunConfig") -> list[Candidate]:
@@ -129,7 +156,7 @@ def prompting(config: "RunConfig") -> list[Candidate]:
         label = re.sub(r"[^A-Za-z0-9._-]+", "-", _short(named)).strip("-.") or "model"
         for k in settings.shots:
             rows.append(Candidate(name=f"prompt-{label}-{k}shot"[:63], kind="prompting", stage="prompting",
-                                  member=named, model=model, teacher=teacher, shots=k))
+                                  member=named, model=model, teacher=teacher, shots=k, seeds=seeds_of(config)))
     return rows
 
 

@@ -441,6 +441,8 @@ def stage(
     member: Optional[str] = typer.Option(None, "--name", help="which teacher/student/adapter (default: the first)"),
     kind: Optional[str] = typer.Option(None, "--kind", help="evaluate: candidate kind"),
     fold: Optional[int] = typer.Option(None, "--fold", help="fold-teacher: which fold (0..folds-1) it holds out"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="teacher, distill, adapters: which of the member's seeds "
+                                       "to train with (default: its first)"),
     overrides: Optional[list[str]] = SetOption,
 ) -> None:
     from rightsizer.plan import stage as stage_named
@@ -482,6 +484,8 @@ def stage(
         kwargs["kind"] = kind
     if fold is not None and "fold" in parameters:
         kwargs["fold"] = fold
+    if seed is not None and "seed" in parameters:
+        kwargs["seed"] = seed
     # pods outside KFP (TrainJob nodes) read inputs from and write outputs to the object store
     remote = [value for value in [*inputs, out] if storage.is_uri(value)]
     scratch = Path(tempfile.mkdtemp(prefix="rightsizer-stage-")) if remote else None

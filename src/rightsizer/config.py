@@ -99,7 +99,23 @@ class TrainingOptions(Strict):
     torch_compile: bool = Field(False, description="compile the model with torch.compile (pays off on GPUs for long runs)")
 
 
-class TeacherConfig(TrainingOptions):
+def check_seeds(value: list[int] | None) -> list[int] | None:
+    """``seeds``: a non-empty list of distinct integers >= 0, or null (one run with the top-level ``seed``)."""
+    if value is not None and (not value or len(set(value)) != len(value) or any(seed < 0 for seed in value)):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0 (e.g. [0, 1, 2]), got {value}")
+    return value
+
+
+class Seeded(Strict):
+    """A training entry's own ``seeds`` (overriding the run's): one training run per seed, one leaderboard row."""
+
+    seeds: list[int] | None = Field(None, description="train this candidate once per seed (its row reports the mean "
+                                    "± spread; the decision uses the mean); default: the run's seeds")
+
+    _seeds = field_validator("seeds")(classmethod(lambda cls, value: check_seeds(value)))
+
+
+class TeacherConfig(TrainingOptions, Seeded):
     name: str = Field("teacher", pattern=NAME_PATTERN)
     model: str = Field("tiny-bert-4l", description="preset | local dir | hub id")
 
@@ -134,7 +150,7 @@ TEMPERATURE_GRID = (1.0, 2.0, 4.0)  # temperature: auto sweeps these
 ALPHA_GRID = (0.5, 0.9)             # alpha: auto sweeps these
 
 
-class StudentConfig(TrainingOptions):
+class StudentConfig(TrainingOptions, Seeded):
     name: str = Field("student", pattern=NAME_PATTERN)
     model: str | None = Field(None, description="preset | local dir | hub id")
     from_teacher_layers: list[int] | None = Field(None, description="build the student from these teacher layers")
@@ -207,7 +223,7 @@ class StudentConfig(TrainingOptions):
         return self.teacher_logits == "online" or (self.teacher_logits == "auto" and self.hidden_weight > 0)
 
 
-class AdapterConfig(TrainingOptions):
+class AdapterConfig(TrainingOptions, Seeded):
     name: str = Field("adapter", pattern=NAME_PATTERN)
     method: Literal[ADAPTER_METHODS] = Field("lora", description=" | ".join(ADAPTER_METHODS))  # type: ignore[valid-type]
     base: str = Field("teacher", description="a teacher name (its pretrained model) or a model reference")
@@ -515,6 +531,9 @@ class StorageConfig(Strict):
 class RunConfig(Strict):
     name: str = Field("rightsizer", pattern=RUN_NAME_PATTERN, description="lowercase, digits, '-'")
     seed: int = Field(42, ge=0)
+    seeds: list[int] | None = Field(None, description="train every teacher, student and adapter once per seed (parallel "
+                                    "tasks on a cluster); rows report mean ± spread, the decision uses the mean; "
+                                    "null: one run with `seed` (which also splits the data, whatever seeds say)")
     image: str | None = Field(None, description="container image for every stage without GPUs (default: $RIGHTSIZER_IMAGE, "
                               "else the published CPU image)")
     image_cuda: str | None = Field(None, description="image for stages with GPUs, a build of images/Dockerfile.cuda "
@@ -539,6 +558,8 @@ class RunConfig(Strict):
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    _seeds = field_validator("seeds")(classmethod(lambda cls, value: check_seeds(value)))
 
     @field_validator("deepspeed")
     @classmethod

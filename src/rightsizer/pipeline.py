@@ -38,6 +38,9 @@ class Components:
     quantize: object
     evaluate_quantized: object  # the evaluate component on the quantize stage's resources and image
     fold_teacher: object
+    teacher_seeded: object  # one seed's run of a candidate trained with several seeds (config `seeds`)
+    distill_seeded: object
+    adapter_seeded: object
 
 
 # the stage (rightsizer.plan.STAGES) each component's tasks run, which decides their image (CUDA with GPUs)
@@ -45,7 +48,8 @@ COMPONENT_STAGES = {"prepare": "prepare", "teacher": "teacher", "teacher_logits"
                     "fold_teacher": "fold-teacher",
                     "distill": "distill", "adapter": "adapters", "probe": "probe", "slice": "slice",
                     "evaluate": "evaluate", "prompting": "prompting", "report": "report", "quantize": "quantize",
-                    "evaluate_quantized": "quantize"}
+                    "evaluate_quantized": "quantize", "teacher_seeded": "teacher", "distill_seeded": "distill",
+                    "adapter_seeded": "adapters"}
 
 
 def load_components(config: RunConfig, local: bool = False) -> "Components":
@@ -69,7 +73,10 @@ def load_components(config: RunConfig, local: bool = False) -> "Components":
                       teacher_logits=wrap("teacher_logits", teacher_logits.teacher_logits),
                       distill=wrap("distill", distill.distill), quantize=wrap("quantize", quantize.quantize),
                       evaluate_quantized=wrap("evaluate_quantized", evaluate.evaluate),
-                      fold_teacher=wrap("fold_teacher", fold_teacher.fold_teacher))
+                      fold_teacher=wrap("fold_teacher", fold_teacher.fold_teacher),
+                      teacher_seeded=wrap("teacher_seeded", teacher.teacher_seeded),
+                      distill_seeded=wrap("distill_seeded", distill.distill_seeded),
+                      adapter_seeded=wrap("adapter_seeded", adapters.adapter_seeded))
 
 
 def task_gpus(config: RunConfig, stage_name: str) -> int:
@@ -165,6 +172,24 @@ def build_pipeline(config: RunConfig, local: bool = False):
     teacher_names = [c.name for c in candidates.teachers(config)]
     student_runs = [c.name for c in candidates.students(config)]
     adapter_names = [c.name for c in candidates.adapters(config)]
+    # a stage where some candidate trains with several seeds loops over {"candidate", "seed"} runs instead of names
+    seeded = {stage: candidates.several_seeds(candidates.of_stage(config, stage)) for stage in
+              ("teacher", "distill", "adapters")}
+
+    def loop_items(stage: str, names: list[str]) -> list:
+        return candidates.seed_runs(candidates.of_stage(config, stage)) if seeded[stage] else names
+
+    def trainer(stage: str, item, **inputs):
+        """The training task of one loop item: a candidate's name, or one seed's run of it."""
+        plain, several = {"teacher": (parts.teacher, parts.teacher_seeded),
+                          "distill": (parts.distill, parts.distill_seeded),
+                          "adapters": (parts.adapter, parts.adapter_seeded)}[stage]
+        if seeded[stage]:
+            return several(config_json=config_json, task=item, **inputs)
+        return plain(config_json=config_json, name=item, **inputs)
+
+    def evaluated_name(stage: str, item):
+        return "" if seeded[stage] else item  # "": the evaluation reads the name from the training summary
     prompting_rows = [c.name for c in candidates.prompting(config)]
     quantized_kinds = config.quantized_kinds()
     from rightsizer.stages.fold_teacher import fold_tasks
@@ -196,13 +221,14 @@ def build_pipeline(config: RunConfig, local: bool = False):
             return place(evaluated, config, "evaluate").set_display_name(f"evaluate-{kind}")
 
         if teacher_names:
-            with dsl.ParallelFor(teacher_names, name="teachers") as teacher_name:
-                teach = parts.teacher(config_json=config_json, name=teacher_name, data=data)
-                evaluated = scored(teach, "teacher", "teacher", "teacher", teacher_name)
+            with dsl.ParallelFor(loop_items("teacher", teacher_names), name="teachers") as teacher_run:
+                teach = trainer("teacher", teacher_run, data=data)
+                evaluated = scored(teach, "teacher", "teacher", "teacher", evaluated_name("teacher", teacher_run))
             report_inputs["teacher_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
             if student_runs:
                 # one task sees every teacher (Collected can't feed a task inside a loop): it caches their
                 # logits on the training split; each student and each data-only control reads that bundle
+                # (a teacher trained with several seeds: its first seed's model)
                 folds = {}
                 if fold_items:
                     # out-of-fold targets: K fold teachers per teacher, ordinary training tasks beside the teachers
@@ -213,10 +239,9 @@ def build_pipeline(config: RunConfig, local: bool = False):
                 gathered = parts.teacher_logits(config_json=config_json, data=data,
                                                 teachers=dsl.Collected(teach.outputs["model"]), **folds)
                 place(gathered, config, "teacher-logits").set_display_name("teacher-logits")
-                with dsl.ParallelFor(student_runs, name="students") as student_name:
-                    distilled = parts.distill(config_json=config_json, name=student_name, data=data,
-                                              teachers=gathered.outputs["bundle"])
-                    evaluated = scored(distilled, "distill", "distill", "student", student_name)
+                with dsl.ParallelFor(loop_items("distill", student_runs), name="students") as student_run:
+                    distilled = trainer("distill", student_run, data=data, teachers=gathered.outputs["bundle"])
+                    evaluated = scored(distilled, "distill", "distill", "student", evaluated_name("distill", student_run))
                 report_inputs["student_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if config.probe is not None:
             # runs beside the teachers; returns the slice depths (finetune_slices, 'auto' resolved from
@@ -231,9 +256,9 @@ def build_pipeline(config: RunConfig, local: bool = False):
                 report_inputs["slice_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if adapter_names:
             # adapters start from pretrained bases, so they run beside the teachers, one task each
-            with dsl.ParallelFor(adapter_names, name="adapters") as adapter_name:
-                adapted = parts.adapter(config_json=config_json, name=adapter_name, data=data)
-                evaluated = scored(adapted, "adapters", "adapter", "adapter", adapter_name)
+            with dsl.ParallelFor(loop_items("adapters", adapter_names), name="adapters") as adapter_run:
+                adapted = trainer("adapters", adapter_run, data=data)
+                evaluated = scored(adapted, "adapters", "adapter", "adapter", evaluated_name("adapters", adapter_run))
             report_inputs["adapter_metrics"] = dsl.Collected(evaluated.outputs["metrics"])
         if prompting_rows:
             # zero-/k-shot baselines: each task scores the test split itself and writes a metrics dir
@@ -431,9 +456,15 @@ def place_models(run_dir: Path, output: Path) -> None:
     board_path = output / "leaderboard.json"
     board = read_json(board_path)
     run_dir = run_dir.resolve()
+
+    def within(path: str | None) -> str | None:
+        found = Path(path).resolve() if path else None
+        return str("stages" / found.relative_to(run_dir)) if found and found.is_relative_to(run_dir) else None
+
     for row in board["candidates"]:
-        found = Path(row["path"]).resolve() if row.get("path") else None
-        row["path"] = str("stages" / found.relative_to(run_dir)) if found and found.is_relative_to(run_dir) else None
+        row["path"] = within(row.get("path"))
+        for run in row.get("per_seed") or []:  # several seeds: each seed's model (`path` is the shipped one's)
+            run["path"] = within(run.get("path"))
     chosen = next((row for row in board["candidates"] if row["name"] == board.get("recommended")), None)
     if chosen is not None and chosen["path"] and (output / chosen["path"]).is_dir():
         shutil.copytree(output / chosen["path"], output / "recommended", dirs_exist_ok=True)

@@ -59,6 +59,7 @@ class TrainingFacts(Record):
     source: str | None = None  # a quantized form: the candidate it was made from
     device: str | None = None  # a quantized form runs where it was made (cpu | cuda)
     dtype: str | None = None  # ... and as it was made (fp32, int8, bf16, fp16)
+    seed: int | None = None  # the training run's seed (a quantized form: its source's)
 
     @classmethod
     def from_summary(cls, summary: dict) -> dict[str, Any]:
@@ -89,6 +90,14 @@ class LeaderboardRow(Record):
     latency_threads: int | None = None  # CPU threads the latency was measured with
     latency_batch_size: int | None = None  # examples per timed request
     path: str | None = None  # its model: within the run directory after a local run, else where it was evaluated
+    # trained with several seeds (config `seeds`): the scores above are the mean over the seeds, `path` is the seed
+    # with the best validation score (the one shipped), the intervals are over test examples for that mean
+    seeds: list[int] | None = None  # the seeds it was trained with (one for a single run)
+    accuracy_std: float | None = None  # sample standard deviation over the seeds (two or more)
+    macro_f1_std: float | None = None
+    val_accuracy_std: float | None = None
+    val_macro_f1_std: float | None = None
+    per_seed: list[dict[str, Any]] | None = None  # {seed, val_accuracy, val_macro_f1, accuracy, macro_f1, path} each
 
     @classmethod
     def contract(cls, row: dict) -> dict[str, Any]:

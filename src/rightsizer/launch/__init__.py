@@ -77,12 +77,12 @@ def plan_launch(config, stage_key: str) -> LaunchPlan:
 
 
 def dispatch(stage: str, config, output_dir: str | Path, *, member, inputs: dict[str, Any],
-             in_process_only: bool = False) -> dict | None:
+             in_process_only: bool = False, seed: int | None = None) -> dict | None:
     """Run ``stage`` where its resources (``config.resources.<its key>``) say; None means "train here, in
     this process". Only stages marked ``launches`` in :data:`rightsizer.plan.STAGES` call this.
 
     ``member`` is the teacher/student/adapter options (with ``.name``), ``inputs`` the stage's ``--in``
-    values by parameter name. ``in_process_only`` is for callers that pass Python objects (callbacks) that
+    values by parameter name, ``seed`` the training run's seed (passed on as ``--seed``). ``in_process_only`` is for callers that pass Python objects (callbacks) that
     cannot cross a process boundary: then a plan that needs more processes is a programming error.
     """
     stage_key = _launching_key(stage)
@@ -99,10 +99,10 @@ def dispatch(stage: str, config, output_dir: str | Path, *, member, inputs: dict
         from rightsizer.launch.local import run_processes
 
         return run_processes(stage, config, output_dir, ordered, name=name, processes=plan.processes,
-                             device=plan.device)
+                             device=plan.device, seed=seed)
     from rightsizer.launch.trainjob import run_trainjob
 
-    return run_trainjob(stage, config, stage_key, output_dir, ordered, name=name)
+    return run_trainjob(stage, config, stage_key, output_dir, ordered, name=name, seed=seed)
 
 
 def _launching_key(stage: str) -> str:

@@ -36,7 +36,8 @@ def inside_launch() -> str | None:
     return os.environ.get(LAUNCHED_ENV) or None
 
 
-def stage_command(stage: str, config_path: Path, output_dir: Path, inputs: list[Path], name: str | None) -> list[str]:
+def stage_command(stage: str, config_path: Path, output_dir: Path, inputs: list[Path], name: str | None,
+                  seed: int | None = None) -> list[str]:
     """The ``rightsizer stage`` arguments for ``stage`` (after ``-m rightsizer.cli``)."""
     command = ["stage", stage, "--config", str(config_path)]
     for path in inputs:
@@ -44,6 +45,8 @@ def stage_command(stage: str, config_path: Path, output_dir: Path, inputs: list[
     command += ["--out", str(output_dir)]
     if name:
         command += ["--name", name]
+    if seed is not None:
+        command += ["--seed", str(seed)]
     return command
 
 
@@ -138,14 +141,14 @@ def failure_from_logs(log_dir: Path, exit_code: int, what: str) -> Exception:
 
 
 def run_processes(stage: str, config, output_dir: str | Path, inputs: list[Path], *, name: str | None,
-                  processes: int, device: str = "cuda") -> dict:
+                  processes: int, device: str = "cuda", seed: int | None = None) -> dict:
     """Run ``rightsizer stage`` as ``processes`` ranks in this pod; return the summary rank 0 wrote."""
     output_dir = Path(output_dir).resolve()
     with tempfile.TemporaryDirectory(prefix="rightsizer-launch-") as tmp:
         config_path = Path(tmp) / "config.json"
         config_path.write_text(config.to_json())
         log_dir = Path(tmp) / "logs"
-        args = stage_command(stage, config_path, output_dir, [Path(p).resolve() for p in inputs], name)
+        args = stage_command(stage, config_path, output_dir, [Path(p).resolve() for p in inputs], name, seed)
         command = torchrun_command(processes, log_dir, args, standalone=True)
         print(f"launching {stage}{f' {name}' if name else ''} on {processes} processes: torchrun "
               f"--nproc-per-node={processes} -m rightsizer.cli {' '.join(args)}", flush=True)

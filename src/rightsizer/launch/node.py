@@ -1,7 +1,7 @@
 """What every node of a multi-node TrainJob runs.
 
     python -m rightsizer.launch.node stage NAME --config s3://.../config.json --in s3://... --out s3://... \
-        [--name MEMBER] --nproc-per-node N
+        [--name MEMBER] [--seed SEED] --nproc-per-node N
 
 1. download the config and the stage's inputs once per node (its ranks share them);
 2. ``torchrun --nproc-per-node N -m rightsizer.cli stage NAME ...`` on those local paths — torchrun reads
@@ -37,7 +37,7 @@ def node_rank() -> int:
 
 
 def run_node(stage: str, config_uri: str, input_uris: list[str], output_uri: str, *, name: str | None,
-             processes: int, scratch: Path) -> Path | None:
+             processes: int, scratch: Path, seed: int | None = None) -> Path | None:
     """Steps 1-3 above; returns the local output directory on node 0, None on the others."""
     from rightsizer import storage
     from rightsizer.config import load_config
@@ -47,7 +47,7 @@ def run_node(stage: str, config_uri: str, input_uris: list[str], output_uri: str
     inputs = [storage.fetch_input(uri, scratch / "in", config.storage) for uri in input_uris]
     output_dir = scratch / "out" / stage
     log_dir = scratch / "logs"
-    args = stage_command(stage, config_path, output_dir, inputs, name)
+    args = stage_command(stage, config_path, output_dir, inputs, name, seed)
     rank = node_rank()
     print(f"node {rank}: torchrun --nproc-per-node={processes} -m rightsizer.cli {' '.join(args)}", flush=True)
     run_torchrun(torchrun_command(processes, log_dir, args, standalone=False), log_dir,
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in", dest="inputs", action="append", default=[], help="s3:// input prefixes, in order")
     parser.add_argument("--out", required=True, help="s3:// prefix for the stage output")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--seed", type=int, default=None, help="the training run's seed (one of the member's seeds)")
     parser.add_argument("--nproc-per-node", type=int, default=None, help="default: $PET_NPROC_PER_NODE, else 1")
     args = parser.parse_args(argv)
     per_node = os.environ.get("PET_NPROC_PER_NODE", "")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="rightsizer-node-"))
     try:
         run_node(args.stage, args.config, args.inputs, args.out, name=args.name, processes=processes,
-                 scratch=scratch)
+                 scratch=scratch, seed=args.seed)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

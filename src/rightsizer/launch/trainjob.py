@@ -110,7 +110,8 @@ def node_env(config) -> list[dict[str, Any]]:
 
 
 def build_request(stage: str, config, stage_key: str, *, member: str | None, name: str, config_uri: str,
-                  input_uris: list[str], output_uri: str, gpus: int, processes: int) -> TrainJobRequest:
+                  input_uris: list[str], output_uri: str, gpus: int, processes: int,
+                  seed: int | None = None) -> TrainJobRequest:
     """The TrainJob for one stage member, from ``config.resources.<stage_key>`` and ``config.storage``."""
     from rightsizer.pods import GPU_DISK, image_for
 
@@ -121,6 +122,8 @@ def build_request(stage: str, config, stage_key: str, *, member: str | None, nam
     args += ["--out", output_uri]
     if member:
         args += ["--name", member]
+    if seed is not None:
+        args += ["--seed", str(seed)]
     args += ["--nproc-per-node", str(processes)]
     resources: dict[str, Any] = {}
     if spec.cpu:
@@ -400,7 +403,8 @@ def delete(client, name: str) -> None:
 
 
 def run_trainjob(stage: str, config, stage_key: str, output_dir: str | Path, inputs: list[Path], *,
-                 name: str | None, timeout_s: float | None = None, poll_s: float | None = None) -> dict:
+                 name: str | None, timeout_s: float | None = None, poll_s: float | None = None,
+                 seed: int | None = None) -> dict:
     """Stage inputs, create the TrainJob, watch it, collect its output into ``output_dir``, delete it."""
     from rightsizer import storage
     from rightsizer.launch.placement import planned_gpus
@@ -426,7 +430,7 @@ def run_trainjob(stage: str, config, stage_key: str, output_dir: str | Path, inp
         input_uris.append(uri)
     output_uri = storage.join_uri(prefix, "output")
     request = build_request(stage, config, stage_key, member=name, name=job, config_uri=config_uri,
-                            input_uris=input_uris, output_uri=output_uri, gpus=gpus, processes=processes)
+                            input_uris=input_uris, output_uri=output_uri, gpus=gpus, processes=processes, seed=seed)
     if timeout_s is not None:
         request.timeout_s = max(1, math.ceil(timeout_s))
     timeout = timeout_s if timeout_s is not None else request.timeout_s

@@ -253,14 +253,16 @@ def _save_and_check(trained, tokenizer, rows, config: RunConfig, adapter: Adapte
 
 
 def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: str | None = None,
-        **fine_tune_kwargs) -> dict:
+        seed: int | None = None, **fine_tune_kwargs) -> dict:
+    """``seed``: which of the adapter's seeds this run trains with (default: its first)."""
     if not config.adapters:
         raise UserError("the config has no adapters; add an 'adapters:' section")
     adapter = config.adapter(name) if name else config.adapters[0]
     method = METHODS[adapter.method]
+    seed = candidates.find(config, "adapters", adapter.name).seed if seed is None else int(seed)
     # several GPUs / nodes: this call launches the ranks (each runs this function) and returns their summary
     launched = launch.dispatch("adapters", config, output_dir, member=adapter,
-                               inputs={"data_dir": data_dir}, in_process_only=bool(fine_tune_kwargs))
+                               inputs={"data_dir": data_dir}, in_process_only=bool(fine_tune_kwargs), seed=seed)
     if launched is not None:
         return launched
     reference, teacher_name = candidates.resolve_model(config, adapter.base)
@@ -268,7 +270,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     rank_zero = process_rank() == 0
     with stage_output(output_dir, "adapters", config, name=adapter.name) as out, \
             tempfile.TemporaryDirectory(prefix="rightsizer-tokenizer-") as tokenizer_dir:
-        model, tokenizer = load_classifier(reference, card["label_names"], training_texts(dataset), config.seed)
+        model, tokenizer = load_classifier(reference, card["label_names"], training_texts(dataset), seed)
         base_params, _ = count_parameters(model)
         adapter_dir, model_dir = out.work / "adapter", out.work / "model"
         total_steps = planned_steps(len(dataset["train"]), adapter)
@@ -294,7 +296,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         callbacks = [rank_allocation_callback(peft_model)] if method.needs_rank_allocation else []
         with PeakMemory() as memory:
             result = fine_tune(
-                peft_model, tokenizer, dataset, plan.options, seed=config.seed, work_dir=out.work,
+                peft_model, tokenizer, dataset, plan.options, seed=seed, work_dir=out.work,
                 max_length=config.data.max_length, deepspeed=plan.deepspeed,
                 callbacks=callbacks, save_model=False, tokenized=tokenized, **fine_tune_kwargs)
         budget = rank_budget(peft_model)  # before merging takes the adapter's layers away
@@ -307,7 +309,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
                                                         model_dir, "base" if save_base else reference)
         write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
-            "kind": "adapter", "method": adapter.method, "base": adapter.base, "base_model": reference,
+            "kind": "adapter", "seed": seed, "method": adapter.method, "base": adapter.base, "base_model": reference,
             "base_teacher": teacher_name, "head": getattr(model, "head_plan", None), "params": params, "base_params": base_params, "base_size_mb": base_size_mb, "trainable_params": trainable,
             "trainable_share": round(trainable / params, 9) if params else None,
             "target_modules": sorted(adapted) if isinstance(adapted, (set, list, tuple)) else adapted,

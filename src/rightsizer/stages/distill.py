@@ -29,8 +29,9 @@ from rightsizer.train.transfer import copies_labelled_by
 
 
 
-def build_student(config: RunConfig, student: StudentConfig, bundle: dict, dataset, label_names: list[str]):
-    """(model, tokenizer, description) of the untrained student."""
+def build_student(config: RunConfig, student: StudentConfig, bundle: dict, dataset, label_names: list[str],
+                  seed: int | None = None):
+    """(model, tokenizer, description) of the untrained student, initialised from ``seed`` (default: the run's)."""
     from rightsizer.train.distill import student_from_teacher_layers
 
     if student.from_teacher_layers is not None:
@@ -48,7 +49,8 @@ def build_student(config: RunConfig, student: StudentConfig, bundle: dict, datas
         from transformers import AutoTokenizer
 
         shared = AutoTokenizer.from_pretrained(str(teacher_model_dir(bundle, bundle["teachers"][0]["name"])))
-    model, tokenizer = load_classifier(student.model, label_names, training_texts(dataset), config.seed, tokenizer=shared)
+    model, tokenizer = load_classifier(student.model, label_names, training_texts(dataset),
+                                       config.seed if seed is None else seed, tokenizer=shared)
     return model, tokenizer, student.model
 
 
@@ -114,7 +116,7 @@ def checked_layer_map(student: StudentConfig, student_layers: int, teacher: str,
 
 
 def distillation_setup(config: RunConfig, student: StudentConfig, bundle: dict, model, tokenizer,
-                       temperature: float, alpha: float) -> tuple[dict, dict]:
+                       temperature: float, alpha: float, seed: int | None = None) -> tuple[dict, dict]:
     """(trainer kwargs for DistillationTrainer, summary facts); every check that can fail runs here, before training."""
     from rightsizer.train.distill import hidden_projections, teacher_weights
 
@@ -134,7 +136,8 @@ def distillation_setup(config: RunConfig, student: StudentConfig, bundle: dict, 
         facts["teacher_tokens"] = {name: "own" if i in own else "student's" for i, name in enumerate(names)}
         if student.hidden_weight > 0:
             kwargs["projections"] = hidden_projections(
-                int(model.config.hidden_size), [int(t.config.hidden_size) for t in teachers], config.seed)
+                int(model.config.hidden_size), [int(t.config.hidden_size) for t in teachers],
+                config.seed if seed is None else seed)
             facts["hidden_matching"] = {name: "pooled" if i in own else "tokens" for i, name in enumerate(names)}
     maps = kwargs.get("layer_maps", [])
     facts["layer_maps"] = {n: {str(k): v for k, v in m.items()} for n, m in zip(names, maps)} or None
@@ -205,7 +208,8 @@ def choose_by_validation(grid: list[tuple[float, float]], score) -> tuple[tuple[
 
 
 def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, output_dir: str | Path,
-        name: str | None = None, **fine_tune_kwargs) -> dict:
+        name: str | None = None, seed: int | None = None, **fine_tune_kwargs) -> dict:
+    """``seed``: which of the student's seeds this run trains with (default: its first)."""
     import shutil
     import time
 
@@ -214,9 +218,10 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
     candidate = candidates.find(config, "distill", name)
     student, control = config.student(candidate.member), candidate.control_of is not None
     run_name = candidate.name
+    seed = candidate.seed if seed is None else int(seed)
     launched = launch.dispatch("distill", config, output_dir, member=student.model_copy(update={"name": run_name}),
                                inputs={"data_dir": data_dir, "teachers_dir": teachers_dir},
-                               in_process_only=bool(fine_tune_kwargs))
+                               in_process_only=bool(fine_tune_kwargs), seed=seed)
     if launched is not None:
         return launched
     dataset, card = load_prepared(data_dir)
@@ -229,18 +234,19 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
 
     def attempt(temperature: float, alpha: float, work, options_for=None, save_model=True, extra=None):
         """Build the student afresh and train it once: (result, model origin, facts, params, plan summary)."""
-        model, tokenizer, origin = build_student(config, student, bundle, dataset, card["label_names"])
+        model, tokenizer, origin = build_student(config, student, bundle, dataset, card["label_names"], seed)
         counts = count_parameters(model)
         facts: dict = {"teachers": [], "teacher_logits": None, "targets": None}
         kwargs = dict(extra or {})
         trainer_kwargs: dict = {}
         if not control:
-            trainer_kwargs, facts = distillation_setup(config, student, bundle, model, tokenizer, temperature, alpha)
+            trainer_kwargs, facts = distillation_setup(config, student, bundle, model, tokenizer, temperature, alpha,
+                                                           seed)
             kwargs = {"trainer_cls": DistillationTrainer, "trainer_kwargs": trainer_kwargs, **kwargs}
         tokenized = training_sets(config, student, control, bundle, dataset, tokenizer, trainer_kwargs, facts, transfer)
         plan = launch.prepare_training(config, "distill", student, model)
         options = options_for(plan.options) if options_for else plan.options
-        result = fine_tune(model, tokenizer, dataset, options, seed=config.seed, work_dir=work,
+        result = fine_tune(model, tokenizer, dataset, options, seed=seed, work_dir=work,
                            max_length=config.data.max_length, deepspeed=plan.deepspeed, tokenized=tokenized,
                            save_model=save_model, **kwargs)
         facts["train_rows"] = len(tokenized["train"])
@@ -280,7 +286,7 @@ def run(config: RunConfig, data_dir: str | Path, teachers_dir: str | Path, outpu
                               "labels": transfer_entry.get("labels"),
                               "given": "augmented copies with their original labels" if control else "soft targets"}
         out.summary.update({
-            "kind": "student", "model": origin, "params": params, "trainable_params": trainable,
+            "kind": "student", "model": origin, "seed": seed, "params": params, "trainable_params": trainable,
             "temperature": None if control else temperature, "alpha": 0.0 if control else alpha,
             "temperature_setting": student.temperature, "alpha_setting": student.alpha,
             "sweep": sweep or None, "sweep_time_s": round(sweep_s, 3),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rightsizer import candidates
 from rightsizer.config import RunConfig
 from rightsizer.data import load_prepared
 from rightsizer.errors import UserError
@@ -58,6 +59,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     from safetensors.numpy import save_file
 
     teacher = config.teacher(name) if name else config.teachers[0]
+    seed = candidates.find(config, "teacher", teacher.name).seed  # the full teacher's first run (teacher logits use it)
     folds = fold_count(config)
     if not folds:
         raise UserError("no student asks for out-of-fold targets (targets: out_of_fold); fold teachers are not needed")
@@ -70,8 +72,8 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
     kept_rows = np.flatnonzero(assignment != fold)
     with stage_output(output_dir, "fold-teacher", config, name=f"{teacher.name}-fold{fold}") as out:
         fold_data = datasets.DatasetDict({**dataset, "train": train.select(kept_rows)})
-        model, tokenizer = load_classifier(teacher.model, card["label_names"], training_texts(fold_data), config.seed)
-        result = fine_tune(model, tokenizer, fold_data, teacher, seed=config.seed, work_dir=out.work,
+        model, tokenizer = load_classifier(teacher.model, card["label_names"], training_texts(fold_data), seed)
+        result = fine_tune(model, tokenizer, fold_data, teacher, seed=seed, work_dir=out.work,
                            max_length=config.data.max_length, save_model=keeps_model(config))
         held = train.select(held_rows)
         logits, seconds, _ = predict_logits(model, tokenizer, held, config.data.max_length,
@@ -79,7 +81,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, name: s
         save_file({"ids": np.asarray(held["id"], dtype=np.int64), "logits": logits.astype(np.float32),
                    "trained_ids": np.asarray(fold_data["train"]["id"], dtype=np.int64)}, str(out.work / OOF_FILE))
         out.summary.update({
-            "kind": "fold-teacher", "teacher": teacher.name, "fold": fold, "folds": folds,
+            "kind": "fold-teacher", "teacher": teacher.name, "seed": seed, "fold": fold, "folds": folds,
             "train_fingerprint": fingerprint(train), "trained_rows": len(kept_rows), "held_out_rows": len(held_rows),
             "held_out_pass_s": round(seconds, 4), "model_kept": keeps_model(config), **result.summary(),
         })

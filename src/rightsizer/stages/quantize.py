@@ -65,7 +65,7 @@ def run(config: RunConfig, data_dir: str | Path, source_dir: str | Path, output_
                                           config.data.max_length, source, Path(scratch))
                     write_json(out.work / candidate / "summary.json", {
                         "stage": "quantize", "name": candidate, "kind": "quantized", "source": source,
-                        "source_kind": kind, "method": entry.method, "device": METHODS[entry.method].device,
+                        "source_kind": kind, "seed": trained.get("seed"), "method": entry.method, "device": METHODS[entry.method].device,
                         "dtype": info["dtype"], "params": params, "trainable_params": 0, "format": info["format"],
                         "duration_s": round(time.time() - started, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                     made.append(candidate)

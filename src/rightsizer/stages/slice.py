@@ -56,7 +56,7 @@ def run(config: RunConfig, data_dir: str | Path, output_dir: str | Path, layers:
         )
         write_json(out.work / "metrics.json", result.metrics())
         out.summary.update({
-            "kind": "slice", "model": probe_reference(config), "family": family.name, "layers": depth,
+            "kind": "slice", "seed": config.seed, "model": probe_reference(config), "family": family.name, "layers": depth,
             "full_layers": full_depth, "params": params, "trainable_params": trainable,
             **result.summary(), **plan.summary,
         })

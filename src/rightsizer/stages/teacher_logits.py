@@ -52,7 +52,11 @@ def check_labels(what: str, model_labels: list[str], data_labels: list[str]) -> 
 
 
 def read_teachers(config: RunConfig, teacher_dirs: list[str | Path], label_names: list[str]) -> list[dict]:
-    """Each teacher stage output as ``{name, dir, summary}``, in config order, labels checked (fold teachers skipped)."""
+    """Each teacher stage output as ``{name, dir, summary}``, in config order, labels checked (fold teachers skipped;
+    a teacher trained with several seeds is taken from its first seed's run, the others skipped)."""
+    from rightsizer import candidates
+
+    first_seeds = {c.name: c.seed for c in candidates.teachers(config)}
     found: dict[str, dict] = {}
     for directory in map(Path, teacher_dirs):
         if is_fold_output(directory):
@@ -61,6 +65,8 @@ def read_teachers(config: RunConfig, teacher_dirs: list[str | Path], label_names
             raise UserError(f"'{directory}' is not a teacher stage output (needs model/ and summary.json)")
         summary = read_json(directory / "summary.json")
         name = summary.get("name") or directory.name
+        if summary.get("seed") is not None and name in first_seeds and summary["seed"] != first_seeds[name]:
+            continue  # a later seed's run: it has its own leaderboard row, the students learn from the first
         if name in found:
             raise UserError(f"two teacher outputs are named '{name}'; give each teacher once")
         check_labels(f"teacher '{name}'", saved_label_names(directory / "model"), label_names)

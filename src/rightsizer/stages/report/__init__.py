@@ -35,6 +35,7 @@ from rightsizer.stages.report.confidence import Evidence, decide
 from rightsizer.stages.report.files import (LEADERBOARD_KEYS, baseline_row, collect_metrics, headline, read_probe,
                                            row_dirs)
 from rightsizer.stages.report.model_card import model_card
+from rightsizer.stages.report.seeds import combine_seeds
 from rightsizer.stages.report.render import render_html, render_markdown, table_cells
 
 __all__ = ["COMPARATIVES", "EPSILON", "KINDS", "KIND_COLOURS", "LEADERBOARD_KEYS", "METRIC_NAMES", "SIZE_KEYS",
@@ -59,14 +60,15 @@ def build_report(rows: list[dict], config: RunConfig, evidence: Evidence | None 
 def run(config: RunConfig, data_dir: str | Path, metrics_dirs: list[str | Path], output_dir: str | Path,
         probe_dir: str | Path | None = None) -> dict:
     dataset, card = load_prepared(data_dir)
-    rows = collect_metrics(metrics_dirs)
+    runs = collect_metrics(metrics_dirs)
     evidence = Evidence.from_dataset(dataset, card["num_labels"], config.seed)
-    for directory, row in zip(row_dirs(metrics_dirs), rows):
+    for directory, row in zip(row_dirs(metrics_dirs), runs):
         evidence.add(row["name"], read_predictions(directory))
         row.setdefault("path", row.get("model_uri"))
+    metric = config.report.metric
+    rows = combine_seeds(runs, metric, evidence)  # one row per candidate: the mean over its seeds
     rows.append(baseline_row(dataset, card))
     probe = read_probe(probe_dir)
-    metric = config.report.metric
     report = build_report(rows, config, evidence, card)
     chosen_on = f"val_{metric}" if report["selected_on"] == "validation" else metric
     rows.sort(key=lambda r: (-(r.get(chosen_on) or 0.0), -(r.get(metric) or 0.0), r["name"]))

@@ -30,7 +30,8 @@ class Evidence:
     labels: dict[str, np.ndarray]
     num_labels: int
     chance: dict[str, dict]  # split -> stats.chance_level(...)
-    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # name -> split -> labels
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # name -> split -> labels (first run)
+    runs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # name -> one per seed it was trained with
     seed: int = 0
     _scores: dict = field(default_factory=dict, repr=False)  # (name, split, metric) -> (point, per-resample scores)
 
@@ -42,27 +43,41 @@ class Evidence:
                    seed=seed)
 
     def add(self, name: str, predictions: dict[str, np.ndarray] | None) -> None:
-        """Record a candidate's predictions when they cover the splits' examples (else it is left out)."""
+        """Record a candidate's predictions when they cover the splits' examples (else it is left out); a
+        candidate trained with several seeds is added once per seed, under its one name."""
         if predictions and all(len(predictions.get(split, ())) == len(self.labels[split]) for split in SPLITS):
-            self.predictions[name] = predictions
+            self.predictions.setdefault(name, predictions)
+            self.runs.setdefault(name, []).append(predictions)
 
     def scores(self, name: str, split: str, metric: str) -> tuple[float, np.ndarray]:
         """``name``'s ``metric`` on ``split`` and on each bootstrap resample of it (the same resamples for
-        every candidate, so differences are paired); computed once per candidate and split."""
+        every candidate, so differences are paired); computed once per candidate and split. A candidate with
+        several seeds scores the mean over its seeds, on the whole split and on each resample."""
         key = (name, split, metric)
         if key not in self._scores:
-            labels, predicted = self.labels[split], self.predictions[name][split]
+            labels = self.labels[split]
             indices = stats.resample_indices(len(labels), stats.RESAMPLES, self.seed)
             every = np.arange(len(labels))[None, :]
-            point = stats.scores_from_confusions(stats.confusions(labels, predicted, self.num_labels, every), metric)[0]
-            self._scores[key] = (float(point), stats.scores_from_confusions(
-                stats.confusions(labels, predicted, self.num_labels, indices), metric))
+            points, resampled = [], []
+            for run in self.runs[name]:
+                points.append(stats.scores_from_confusions(
+                    stats.confusions(labels, run[split], self.num_labels, every), metric)[0])
+                resampled.append(stats.scores_from_confusions(
+                    stats.confusions(labels, run[split], self.num_labels, indices), metric))
+            self._scores[key] = (float(np.mean(points)), np.mean(resampled, axis=0))
         return self._scores[key]
+
+    def interval(self, name: str, split: str, metric: str, confidence: float = 0.95) -> list[float] | None:
+        """The bootstrap interval of ``name``'s ``metric`` on ``split`` (over its seeds' mean); None without
+        predictions."""
+        if name not in self.runs:
+            return None
+        return stats.interval(self.scores(name, split, metric)[1], confidence)
 
     def difference(self, name: str, reference: str, split: str, metric: str, confidence: float = 0.95) -> dict | None:
         """``metric(name) - metric(reference)`` on ``split`` with its paired bootstrap interval (as
         :func:`rightsizer.stats.paired_difference`); None without predictions."""
-        if name not in self.predictions or reference not in self.predictions:
+        if name not in self.runs or reference not in self.runs:
             return None
         (point, resampled), (reference_point, reference_resampled) = (
             self.scores(name, split, metric), self.scores(reference, split, metric))

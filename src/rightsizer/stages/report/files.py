@@ -57,14 +57,12 @@ def row_dirs(metrics_dirs: list[str | Path]) -> list[Path]:
 
 
 def collect_metrics(metrics_dirs: list[str | Path]) -> list[dict]:
-    """Every candidate's metrics.json, in the order of :func:`row_dirs`."""
+    """Every candidate's metrics.json, in the order of :func:`row_dirs` (a candidate trained with several seeds
+    has one per seed; names repeat only so)."""
+    from rightsizer.stages.report.seeds import group_runs
+
     rows = [read_row(directory / "metrics.json") for directory in row_dirs(metrics_dirs)]
-    seen: dict[str, int] = {}
-    for row in rows:
-        seen[row["name"]] = seen.get(row["name"], 0) + 1
-    repeated = sorted(name for name, count in seen.items() if count > 1)
-    if repeated:
-        raise UserError(f"candidate names must be unique; repeated: {', '.join(repeated)} (rename them in the config)")
+    group_runs(rows)
     return rows
 
 
