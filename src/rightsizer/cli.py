@@ -182,18 +182,28 @@ def leaderboard_table(board: Leaderboard, width: int) -> Table:
     def bare(value: float) -> str:  # 0.881 -> .881: scores lie in [0, 1]
         return format(value, ".3f").removeprefix("0")
 
+    def score(row, key: str) -> str:
+        """Several seeds: the mean ± the standard deviation over them, '0.812 ± 0.006 (3 seeds)' (narrow: 0.812±.006)."""
+        from rightsizer.stages.report.render import with_spread
+
+        if width >= WIDE_TABLE or len(row.seeds or []) < 2 or getattr(row, f"{key}_std") is None:
+            return with_spread(row, key, 3)
+        return f"{getattr(row, key):.3f}±{bare(getattr(row, f'{key}_std'))}"
+
     columns: dict[str, list[str]] = {"kind": [], f"val {short_word}": [], f"test {short_word} (95% CI)": [],
                                      "latency": [], "params": [], "size": []}
     for row in board.candidates:
         interval = getattr(row, f"{metric}_ci")
         columns["kind"].append(row.kind)
-        columns[f"val {short_word}"].append(number(getattr(row, f"val_{metric}"), ".3f"))
+        columns[f"val {short_word}"].append(score(row, f"val_{metric}"))
         columns[f"test {short_word} (95% CI)"].append(
-            number(getattr(row, metric), ".3f") + (f" ({bare(interval[0])}–{bare(interval[1])})" if interval else ""))
+            score(row, metric) + (f" ({bare(interval[0])}–{bare(interval[1])})" if interval else ""))
         columns["latency"].append(number(row.latency_ms, ".2f"))
         columns["params"].append(_millions(row.params))
         columns["size"].append(number(row.size_mb, ".1f"))
     units = "latency in ms per example"
+    if width < WIDE_TABLE and any(len(row.seeds or []) > 1 for row in board.candidates):
+        units += ", ± sd over seeds"
     if width >= WIDE_TABLE:
         units += ", size in MB"
     else:

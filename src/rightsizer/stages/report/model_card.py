@@ -42,10 +42,25 @@ def candidate_config(row: dict, config) -> tuple[str, dict] | None:
     return where, dump(member)
 
 
-def _interval(value, interval) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+def _interval(row: dict, key: str) -> str:
+    from rightsizer.stages.report.render import with_spread
+
+    shown, interval = with_spread(row, key), row.get(f"{key}_ci")
+    return shown + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval and shown != "–" else "")
+
+
+def seeds_paragraph(row: dict, metric: str) -> list[str]:
+    """For a candidate trained with several seeds: what the figures are and which seed this model is."""
+    seeds = row.get("seeds") or []
+    if len(seeds) < 2:
+        return []
+    own = next((run for run in row.get("per_seed") or [] if run.get("seed") == row.get("seed")), {})
+    scores = ", ".join(f"{split} {metric.replace('_', '-')} {own[key]:.4f}" for split, key in
+                       (("validation", f"val_{metric}"), ("test", metric)) if own.get(key) is not None)
+    return [f"Trained with seeds {seeds}: the figures above are the mean over the seeds ± their sample standard "
+            "deviation, with the bootstrap interval of the mean over the examples; the recommendation used the mean. "
+            f"This model is seed {row.get('seed')}, the one with the best validation score"
+            + (f" ({scores} on its own)." if scores else "."), ""]
 
 
 def model_card(row: dict, report: dict, card: dict, config) -> str:
@@ -63,10 +78,9 @@ def model_card(row: dict, report: dict, card: dict, config) -> str:
         lines.append(f"Validation and test rows duplicating a training text were removed ({removed.get('validation', 0)} "
                      f"and {removed.get('test', 0)}).")
     lines += ["", "## Quality (95 % bootstrap intervals)", "", "| split | accuracy | macro-F1 |", "|---|---:|---:|",
-              f"| validation (chosen on) | {_interval(row.get('val_accuracy'), row.get('val_accuracy_ci'))} | "
-              f"{_interval(row.get('val_macro_f1'), row.get('val_macro_f1_ci'))} |",
-              f"| test (confirmed on) | {_interval(row.get('accuracy'), row.get('accuracy_ci'))} | "
-              f"{_interval(row.get('macro_f1'), row.get('macro_f1_ci'))} |", ""]
+              f"| validation (chosen on) | {_interval(row, 'val_accuracy')} | {_interval(row, 'val_macro_f1')} |",
+              f"| test (confirmed on) | {_interval(row, 'accuracy')} | {_interval(row, 'macro_f1')} |", ""]
+    lines += seeds_paragraph(row, report.get("metric", "macro_f1"))
     comparison = (report.get("comparisons") or {}).get(name, {}).get("test")
     if comparison and report.get("best") and report["best"] != name:
         lines += [f"Against the best candidate, {report['best']}, on the same test examples: {comparison['line']}.", ""]
@@ -91,7 +105,7 @@ def model_card(row: dict, report: dict, card: dict, config) -> str:
     if made:
         lines += ["", "```yaml", yaml.safe_dump(made[1], sort_keys=False).strip(), "```"]
     commit = git_commit()
-    lines += ["", f"rightsizer {__version__}" + (f" (git {commit})" if commit else "") + f", seed {config.seed}.", "",
+    lines += ["", f"rightsizer {__version__}" + (f" (git {commit})" if commit else "") + f", seed {row['seed'] if row.get('seed') is not None else config.seed}.", "",
               "## Use", "", "```python"]
     if row.get("kind") == "quantized":  # ONNX / int8 forms load through rightsizer
         lines += ["from rightsizer.quantize import load_quantized", "", 'model, tokenizer = load_quantized("recommended")']

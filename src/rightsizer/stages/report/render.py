@@ -25,6 +25,19 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 
+def with_spread(row, key: str, digits: int = 4) -> str:
+    """A score as shown: '0.8120', or for a candidate trained with several seeds the mean, the sample standard
+    deviation over the seeds and their count, '0.8120 ± 0.0060 (3 seeds)'. ``row``: a leaderboard row (dict or
+    :class:`rightsizer.records.LeaderboardRow`)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name, None)
+    value, spread, seeds = get(key), get(f"{key}_std"), get("seeds") or []
+    if value is None:
+        return "–"
+    if spread is None or len(seeds) < 2:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {spread:.{digits}f} ({len(seeds)} seeds)"
+
+
 FIGURE_CAPTIONS = {"pareto": "Quality against latency", "confusion": "Confusion matrices", "probe": "Layer probe"}
 TABLE_COLUMNS = ("#", "candidate", "kind", "val accuracy", "val macro-F1", "test accuracy", "test macro-F1 [95% CI]",
                  "vs best, test (pt)", "latency p50 (ms)", "p95 (ms)", "throughput (/s)", "params", "trainable",
@@ -45,8 +58,9 @@ def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
         marks = (f" {STAR}" if row["name"] == report["recommended"] else "") + (" (best)" if row["name"] == report["best"] else "")
         measured = row.get("kind") != "baseline"  # the baseline's zeros are not measurements
         difference = ((report.get("comparisons") or {}).get(row["name"]) or {}).get("test")
-        cells.append([str(rank), row["name"] + marks, row["kind"], _fmt(row.get("val_accuracy")), _fmt(row.get("val_macro_f1")),
-                      _fmt(row.get("accuracy")), _with_interval(row.get("macro_f1"), row.get("macro_f1_ci")),
+        cells.append([str(rank), row["name"] + marks, row["kind"], with_spread(row, "val_accuracy"),
+                      with_spread(row, "val_macro_f1"), with_spread(row, "accuracy"),
+                      _with_interval(with_spread(row, "macro_f1"), row.get("macro_f1_ci")),
                       _difference(difference) if difference else "",
                       *(_fmt(row.get(key), digits) if measured else "–" for key, digits in
                         (("latency_ms", 3), ("latency_p95_ms", 3), ("throughput_per_s", 1), ("params", 4))),
@@ -56,15 +70,25 @@ def table_cells(rows: list[dict], report: dict) -> list[list[str]]:
     return cells
 
 
-def _with_interval(value, interval) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+def _with_interval(shown: str, interval) -> str:
+    return shown + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and shown != "–" else "")
 
 
 def _difference(compared: dict) -> str:
     low, high = compared["interval"]
     return f"{points(compared['difference'])} [{points(low)}, {points(high)}]"
+
+
+def seeds_line(rows: list[dict]) -> str | None:
+    """What a row trained with several seeds shows, and which of its models is shipped (None when none is)."""
+    several = [row for row in rows if len(row.get("seeds") or []) > 1]
+    if not several:
+        return None
+    shipped = "; ".join(f"{row['name']}: seed {row.get('seed')} of {row['seeds']}" for row in several)
+    return ("Candidates trained with several seeds show the mean ± the sample standard deviation over their seeds; "
+            "the decision uses the mean validation score, and the interval is the bootstrap interval of the mean over "
+            "the test examples. Each such row's model (and `recommended/`) is its seed with the best validation score "
+            f"({shipped}).")
 
 
 def leakage_line(card: dict) -> str | None:
@@ -157,6 +181,8 @@ def render_markdown(report: dict, rows: list[dict], card: dict, figures: dict[st
               "|" + "|".join("---" if c in ("candidate", "kind", "Pareto") else "---:" for c in TABLE_COLUMNS) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_cells(rows, report)]
     lines += ["", f"{STAR} recommended · ● on the Pareto front of quality against latency", ""]
+    if seeds_line(rows):
+        lines += [seeds_line(rows), ""]
     if report["distillation"]:
         lines += ["## Distillation against its control", "", "| student | with teacher | control | without | gain (pt) |",
                   "|---|---:|---|---:|---:|"]
@@ -238,6 +264,8 @@ def render_html(report: dict, rows: list[dict], card: dict, figures: dict[str, P
         parts.append(f'<tr{css}>' + "".join(_html_cell(column, cell) for column, cell in zip(TABLE_COLUMNS, cells)) + "</tr>")
     parts.append(f'</tbody></table></div><p class="muted">{STAR_SVG} recommended · ● on the Pareto front of quality '
                  "against latency · latency is end to end (tokenize + forward) per example</p>")
+    if seeds_line(rows):
+        parts.append(f'<p class="muted">{e(seeds_line(rows).replace("`", ""))}</p>')
     if report["distillation"]:
         parts.append('<h2>Distillation against its control</h2><div class="scroll"><table><thead><tr><th class="l">student</th>'
                      '<th>with teacher</th><th class="l">control</th><th>without</th><th>gain (pt)</th></tr></thead><tbody>')
