@@ -21,6 +21,7 @@ from rightsizer.stages.report.render import table_cells, with_spread
 from rightsizer.stages.report.seeds import combine_seeds
 
 from conftest import tiny_raw
+from test_decision import Splits, answers, labelled
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -98,33 +99,29 @@ def test_launchers_pass_the_seed_on():
     assert "--seed" not in stage_command("teacher", Path("c.json"), Path("out"), [Path("data")], "teacher")
 
 
+def test_planned_trainjobs_are_one_per_seed(tiny_config, tmp_path):
+    from rightsizer.launch.trainjob import planned_requests, write_trainjobs
+
+    config = tiny_config(["seeds=[0, 1]", "resources.teachers.workers=2"])
+    requests = planned_requests(config)
+    assert [r.args[r.args.index("--seed") + 1] for r in requests] == ["0", "1"]
+    assert sorted(p.name for p in write_trainjobs(config, tmp_path / "jobs")) == ["teacher-teacher-seed0.yaml",
+                                                                                 "teacher-teacher-seed1.yaml"]
+    assert ["--seed" in r.args for r in planned_requests(tiny_config(["resources.teachers.workers=2"]))] == [False]
+
+
 # ---------------------------------------------------------------------------------------------
 # the decision on hand-made multi-seed rows
 
 
-def _labels(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(np.arange(n) % 3)
-
-
-def _answers(labels: np.ndarray, accuracy: float, seed: int) -> np.ndarray:
-    wrong = np.random.default_rng(seed).permutation(len(labels))[: int(round(len(labels) * (1 - accuracy)))]
-    predictions = labels.copy()
-    predictions[wrong] = (predictions[wrong] + 1) % 3
-    return predictions
-
-
-class Splits(dict):
-    """Just enough of a DatasetDict for split_scores and Evidence."""
-
-
 def seed_runs(skill: dict[str, list[float]], latency: dict[str, float], n: int = 600):
     """One row per (candidate, seed) with the given validation accuracies (test: the same), and the evidence."""
-    dataset = Splits({split: {"label": _labels(n, seed)} for seed, split in enumerate(("train", "validation", "test"))})
+    dataset = Splits({split: {"label": labelled(n, seed)} for seed, split in enumerate(("train", "validation", "test"))})
     evidence = Evidence.from_dataset(dataset, 3, seed=0)
     rows = []
     for number, (name, accuracies) in enumerate(skill.items()):
         for seed, accuracy in enumerate(accuracies):
-            predictions = {split: _answers(dataset[split]["label"], accuracy, 100 * number + 10 * seed + k)
+            predictions = {split: answers(dataset[split]["label"], accuracy, 100 * number + 10 * seed + k)
                            for k, split in enumerate(("validation", "test"))}
             rows.append({**split_scores(predictions, dataset, LABELS, seed=0), "name": name, "seed": seed,
                          "kind": "teacher" if name == "big" else "student", "latency_ms": latency[name],

@@ -32,6 +32,9 @@ ERROR_FILE_ENV = "RIGHTSIZER_ERROR_FILE"
 RESUME_ENV = "RIGHTSIZER_RESUME_DIR"
 
 
+SEEDED_STAGES = ("teacher", "distill", "adapters")  # stage outputs whose seed an evaluation's label shows
+
+
 def _is_path_argument(key: str) -> bool:
     return key.endswith(("_dir", "_dirs"))
 
@@ -39,7 +42,7 @@ def _is_path_argument(key: str) -> bool:
 def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
     """(console label, record key) of a task: its stage, name/kind/layers, and which inputs it read."""
     named = [str(v) for k, v in sorted(kwargs.items()) if not _is_path_argument(k) and v not in (None, "")]
-    inputs = []
+    inputs, seed = [], kwargs.get("seed")  # a training task given its seed: one of a candidate's several seeds
     for key, value in sorted(kwargs.items()):
         if key == "output_dir" or not _is_path_argument(key):
             continue
@@ -50,14 +53,19 @@ def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
             try:
                 stamp = json.loads(summary.read_text())
                 inputs.append(f"{stamp.get('stage')}:{stamp.get('name')}")
+                if (stage == "evaluate" and key == "candidate_dir" and not kwargs.get("name")
+                        and stamp.get("stage") in SEEDED_STAGES):
+                    seed = stamp.get("seed")  # evaluated without a name: one seed's run (the pipeline's seed loops)
             except (OSError, ValueError):
                 inputs.append(key)
     row = plan.of_module(stage)
     word = row.name if row else stage  # the stage's CLI name: teacher-logits, fold-teacher
     shown = [str(kwargs["name"])] if kwargs.get("name") else named  # "evaluate lora-qv", not its kind too
     label = " ".join(dict.fromkeys([word, *shown])) if shown else word
-    if stage == "evaluate" and not kwargs.get("name"):  # slices are named by their own summary
+    if stage == "evaluate" and not kwargs.get("name"):  # slices and seeds' runs are named by their own summary
         label = f"evaluate {inputs[-1].split(':', 1)[-1]}" if inputs else label
+    if seed is not None:
+        label += f" seed {seed}"
     digest = hashlib.sha256(json.dumps([stage, named, sorted(inputs)]).encode()).hexdigest()[:12]
     key = re.sub(r"[^A-Za-z0-9._-]+", "-", label)[:60] + "-" + digest
     return label, key

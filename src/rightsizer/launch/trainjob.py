@@ -210,13 +210,17 @@ def planned_requests(config) -> list[TrainJobRequest]:
             continue
         gpus = planned_gpus(config, key)
         processes = spec.processes or max(1, gpus)
-        for member in _members(config, stage):
+        made = candidates.of_stage(config, stage)
+        # a stage where a candidate trains with several seeds launches once per seed (each seed its own TrainJob)
+        runs = ([(run["candidate"], run["seed"]) for run in candidates.seed_runs(made)]
+                if candidates.several_seeds(made) else [(member, None) for member in _members(config, stage)])
+        for member, seed in runs:
             name = job_name(config.name, stage, member)[:-len(PLACEHOLDER_ID)] + PLACEHOLDER_ID
             prefix = f"s3://{bucket}/{key_prefix}/{config.name}/trainjobs/{name}"
             inputs = [f"{prefix}/inputs/{i}-<{input_name}>" for i, input_name in enumerate(inputs_of)]
             requests.append(build_request(stage, config, key, member=member, name=name, config_uri=f"{prefix}/config.json",
                                           input_uris=inputs, output_uri=f"{prefix}/output", gpus=gpus,
-                                          processes=processes))
+                                          processes=processes, seed=seed))
     return requests
 
 
@@ -239,6 +243,8 @@ def write_trainjobs(config, directory: str | Path) -> list[Path]:
         for request in requests:
             stage = request.labels["rightsizer.io/stage"]
             member = request.args[request.args.index("--name") + 1] if "--name" in request.args else stage
+            if "--seed" in request.args:  # one of a candidate's several seeds: one TrainJob each
+                member += f"-seed{request.args[request.args.index('--seed') + 1]}"
             header = (f"# TrainJob for stage {stage} ({member}) of {config.name}: what its launcher task creates "
                       f"(Kubeflow Trainer >= 2.2).\n# '{PLACEHOLDER_ID}' and <...> are filled in at run time.\n")
             path = staging / f"{stage}-{re.sub(r'[^A-Za-z0-9._-]+', '_', member)}.yaml"
