@@ -201,3 +201,26 @@ def test_local_run_with_two_seeds_reports_their_mean(tmp_path, capsys):
     assert f"{teacher['val_macro_f1']:.4f} ± {teacher['val_macro_f1_std']:.4f} (2 seeds)" in (out / "report.md").read_text()
     if board["recommended"] == "teacher":
         assert "seed" in (out / "recommended" / "README.md").read_text()
+
+
+def test_terminal_table_shows_the_spread_on_one_line_per_candidate():
+    import io
+
+    from rich.console import Console
+
+    from rightsizer.cli import leaderboard_table
+    from rightsizer.records import Leaderboard
+
+    seeded = {"name": "student-6l-from-teacher-bert-base-uncased", "kind": "student", "macro_f1": 0.812,
+              "macro_f1_std": 0.006, "val_macro_f1": 0.815, "val_macro_f1_std": 0.004, "seeds": [0, 1, 2],
+              "macro_f1_ci": [0.79, 0.83], "latency_ms": 21.7, "params": 66_955_779, "size_mb": 268.0}
+    single = {"name": "teacher", "kind": "teacher", "macro_f1": 0.9, "val_macro_f1": 0.9, "seeds": [0],
+              "latency_ms": 48.3, "params": 109_484_547, "size_mb": 438.0}
+    board = Leaderboard(metric="macro_f1", tolerance=0.01, recommended="teacher", candidates=[single, seeded])
+    for width, shown in ((80, "0.815±.004"), (120, "0.815 ± 0.004 (3 seeds)")):
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(leaderboard_table(board, width))
+        lines = console.export_text().splitlines()
+        assert all(len(line.rstrip()) <= width for line in lines), lines
+        assert sum("0.812" in line for line in lines) == 1 and shown in next(l for l in lines if "0.812" in l), lines
+        assert "± " not in next(line for line in lines if "0.900" in line)  # one seed: no spread
