@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 KINDS = ("teacher", "student", "adapter", "slice", "quantized", "prompting", "baseline")
 CONTROL_SUFFIX = "-nodistill"
+SEEDED_STAGES = ("teacher", "distill", "adapters")  # the stages whose candidates may train with several seeds
 MAX_SLICE_DEPTH = 512  # slice names are looked up among depths 1..this (deeper models do not exist today)
 
 

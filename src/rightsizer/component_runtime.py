@@ -23,16 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rightsizer import plan, progress
+from rightsizer import candidates, plan, progress
 from rightsizer.config import config_from_json
 from rightsizer.errors import UserError
 from rightsizer.timing import busy
 
 ERROR_FILE_ENV = "RIGHTSIZER_ERROR_FILE"
 RESUME_ENV = "RIGHTSIZER_RESUME_DIR"
-
-
-SEEDED_STAGES = ("teacher", "distill", "adapters")  # stage outputs whose seed an evaluation's label shows
 
 
 def _is_path_argument(key: str) -> bool:
@@ -54,7 +51,7 @@ def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
                 stamp = json.loads(summary.read_text())
                 inputs.append(f"{stamp.get('stage')}:{stamp.get('name')}")
                 if (stage == "evaluate" and key == "candidate_dir" and not kwargs.get("name")
-                        and stamp.get("stage") in SEEDED_STAGES):
+                        and stamp.get("stage") in candidates.SEEDED_STAGES):
                     seed = stamp.get("seed")  # evaluated without a name: one seed's run (the pipeline's seed loops)
             except (OSError, ValueError):
                 inputs.append(key)

@@ -173,8 +173,7 @@ def build_pipeline(config: RunConfig, local: bool = False):
     student_runs = [c.name for c in candidates.students(config)]
     adapter_names = [c.name for c in candidates.adapters(config)]
     # a stage where some candidate trains with several seeds loops over {"candidate", "seed"} runs instead of names
-    seeded = {stage: candidates.several_seeds(candidates.of_stage(config, stage)) for stage in
-              ("teacher", "distill", "adapters")}
+    seeded = {stage: candidates.several_seeds(candidates.of_stage(config, stage)) for stage in candidates.SEEDED_STAGES}
 
     def loop_items(stage: str, names: list[str]) -> list:
         return candidates.seed_runs(candidates.of_stage(config, stage)) if seeded[stage] else names
