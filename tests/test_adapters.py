@@ -310,3 +310,16 @@ def test_adapter_component_trains_into_its_model_artifact(small_data, tmp_path):
     assert 0 < model.metadata["trainable_share"] < 0.1
     assert summary["reload_check"]["max_abs_diff"] <= 1e-4
     load_saved(tmp_path / "adapter" / "model")  # the merged model reloads
+
+
+def test_adapter_trains_with_the_seed_it_is_given(small_data, tmp_path):
+    """seeds on an adapter entry: the stage trains with the first unless --seed names another; runs differ."""
+    from rightsizer.outputs import read_json
+    from rightsizer.stages import adapters
+
+    config = config_from_dict(adapter_raw({"name": "lora", "method": "lora", "seeds": [3, 4]}))
+    first = adapters.run(config, small_data, tmp_path / "first")
+    other = adapters.run(config, small_data, tmp_path / "other", seed=4)
+    assert (first["seed"], other["seed"]) == (3, 4)
+    losses = [read_json(tmp_path / run / "metrics.json")["losses"] for run in ("first", "other")]
+    assert losses[0] != losses[1]

@@ -399,3 +399,16 @@ def test_distill_component_trains_a_student_from_the_bundle(tmp_path, demo_data,
                               "control_of": ""}
     student, _ = load_saved(tmp_path / "student" / "model")
     assert student.config.num_hidden_layers == 1 and sum(p.numel() for p in student.parameters()) == summary["params"]
+
+
+def test_a_seed_changes_the_run_and_the_first_seed_is_the_default(tmp_path, demo_data, bundle):
+    """seeds: [s1, s2]: with no seed the stage trains with s1, the pinned run's seed when s1 is the run's seed;
+    --seed s2 gives another run (its losses differ) and says so in its summary."""
+    steps = {**PINNED_STUDENT, "max_steps": 3}
+    config = student_config({**steps, "seeds": [7, 11]})  # 7: tiny_raw's seed, which the pinned run uses
+    first = distill.run(config, demo_data, bundle, tmp_path / "first", callbacks=[no_dropout()])
+    other = distill.run(config, demo_data, bundle, tmp_path / "other", seed=11, callbacks=[no_dropout()])
+    plain = distill.run(student_config(steps), demo_data, bundle, tmp_path / "plain", callbacks=[no_dropout()])
+    assert (first["seed"], other["seed"], plain["seed"]) == (7, 11, 7)
+    np.testing.assert_allclose(_metrics(tmp_path / "first")["losses"], _metrics(tmp_path / "plain")["losses"], rtol=1e-4)
+    assert not np.allclose(_metrics(tmp_path / "other")["losses"], _metrics(tmp_path / "first")["losses"], rtol=1e-3)

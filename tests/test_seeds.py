@@ -224,3 +224,22 @@ def test_terminal_table_shows_the_spread_on_one_line_per_candidate():
         assert all(len(line.rstrip()) <= width for line in lines), lines
         assert sum("0.812" in line for line in lines) == 1 and shown in next(l for l in lines if "0.812" in l), lines
         assert "± " not in next(line for line in lines if "0.900" in line)  # one seed: no spread
+
+
+def test_students_learn_from_the_first_seed_of_each_teacher(tmp_path, demo_data, trained_teacher, tiny_config):
+    import shutil
+
+    from rightsizer.outputs import read_json, write_json
+    from rightsizer.stages.teacher_logits import read_teachers
+
+    config = tiny_config(["seeds=[8, 7]"])  # the first seed is 8, whatever the order of the outputs
+    outputs = []
+    for seed in (7, 8):
+        directory = tmp_path / f"seed{seed}"
+        shutil.copytree(trained_teacher, directory)
+        write_json(directory / "summary.json", {**read_json(directory / "summary.json"), "seed": seed})
+        outputs.append(directory)
+    teachers = read_teachers(config, outputs, ["negative", "neutral", "positive"])
+    assert [(t["name"], t["summary"]["seed"]) for t in teachers] == [("teacher", 8)]
+    with pytest.raises(UserError, match="two teacher outputs are named 'teacher'"):  # without seeds: twice is wrong
+        read_teachers(tiny_config(), [trained_teacher, trained_teacher], ["negative", "neutral", "positive"])
