@@ -94,8 +94,13 @@ def reusable(root: Path, args, config) -> dict:
         path = directory / "summary.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    wanted = config.model_dump(mode="json")
-    same = lambda found: all(found.get("config", {}).get(k) == wanted[k] for k in ("seed", "data"))  # noqa: E731
+    def settled(value):  # a key this version added with a null default matches an older summary without it
+        if isinstance(value, dict):
+            return {k: settled(v) for k, v in value.items() if v is not None}
+        return [settled(v) for v in value] if isinstance(value, list) else value
+
+    wanted = settled(config.model_dump(mode="json"))
+    same = lambda found: all(settled(found.get("config", {}).get(k)) == wanted[k] for k in ("seed", "data"))  # noqa: E731
     found = {"data": False, "teacher": False, "folds": [False] * args.folds}
     if not same(summary(root / "data")):
         return found
@@ -104,13 +109,13 @@ def reusable(root: Path, args, config) -> dict:
         return found
     found["data"] = True
     teach = summary(root / "teacher")
-    found["teacher"] = (same(teach) and teach.get("config", {}).get("teachers") == wanted["teachers"]
+    found["teacher"] = (same(teach) and settled(teach.get("config", {}).get("teachers")) == wanted["teachers"]
                         and (root / "teacher" / "model").is_dir())
     train_print = fingerprint(load_prepared(root / "data")[0]["train"])
     for fold in range(args.folds):
         made = summary(root / f"fold{fold}")
         found["folds"][fold] = (made.get("train_fingerprint") == train_print and made.get("folds") == args.folds
-                                and made.get("config", {}).get("teachers") == wanted["teachers"] and same(made)
+                                and settled(made.get("config", {}).get("teachers")) == wanted["teachers"] and same(made)
                                 and (not args.copies or (root / f"fold{fold}" / "model").is_dir()))
     return found
 
