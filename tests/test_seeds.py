@@ -243,3 +243,21 @@ def test_students_learn_from_the_first_seed_of_each_teacher(tmp_path, demo_data,
     assert [(t["name"], t["summary"]["seed"]) for t in teachers] == [("teacher", 8)]
     with pytest.raises(UserError, match="two teacher outputs are named 'teacher'"):  # without seeds: twice is wrong
         read_teachers(tiny_config(), [trained_teacher, trained_teacher], ["negative", "neutral", "positive"])
+
+
+def test_console_labels_name_each_seed(tmp_path):
+    from rightsizer.component_runtime import _identity
+    from rightsizer.outputs import write_json
+
+    for directory in ("t1", "t2", "q"):
+        (tmp_path / directory).mkdir()
+    write_json(tmp_path / "t1" / "summary.json", {"stage": "teacher", "name": "teacher", "seed": 1})
+    write_json(tmp_path / "t2" / "summary.json", {"stage": "teacher", "name": "teacher", "seed": 2})
+    write_json(tmp_path / "q" / "summary.json", {"stage": "quantize", "name": "teacher", "seed": 1})
+    evaluate = {"name": "", "kind": "teacher", "data_dir": str(tmp_path / "data"), "output_dir": str(tmp_path / "o")}
+    labels = [_identity("evaluate", {**evaluate, "candidate_dir": str(tmp_path / d)}) for d in ("t1", "t2", "q")]
+    assert [label for label, _ in labels] == ["evaluate teacher seed 1", "evaluate teacher seed 2",
+                                              "evaluate teacher quantized"]
+    assert len({key for _, key in labels}) == 3  # each its own resume record
+    assert _identity("teacher", {"name": "teacher", "seed": 2, "output_dir": "o"})[0] == "teacher seed 2"
+    assert _identity("teacher", {"name": "teacher", "output_dir": "o"})[0] == "teacher"

@@ -40,6 +40,7 @@ def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
     """(console label, record key) of a task: its stage, name/kind/layers, and which inputs it read."""
     named = [str(v) for k, v in sorted(kwargs.items()) if not _is_path_argument(k) and v not in (None, "")]
     inputs, seed = [], kwargs.get("seed")  # a training task given its seed: one of a candidate's several seeds
+    evaluated = None  # an evaluation without a name: what its candidate_dir's summary says it is
     for key, value in sorted(kwargs.items()):
         if key == "output_dir" or not _is_path_argument(key):
             continue
@@ -50,17 +51,19 @@ def _identity(stage: str, kwargs: dict[str, Any]) -> tuple[str, str]:
             try:
                 stamp = json.loads(summary.read_text())
                 inputs.append(f"{stamp.get('stage')}:{stamp.get('name')}")
-                if (stage == "evaluate" and key == "candidate_dir" and not kwargs.get("name")
-                        and stamp.get("stage") in candidates.SEEDED_STAGES):
-                    seed = stamp.get("seed")  # evaluated without a name: one seed's run (the pipeline's seed loops)
+                if stage == "evaluate" and key == "candidate_dir" and not kwargs.get("name"):
+                    quantized = stamp.get("stage") == "quantize"
+                    evaluated = f"{stamp.get('name')}{' quantized' if quantized else ''}"
+                    if stamp.get("stage") in candidates.SEEDED_STAGES:
+                        seed = stamp.get("seed")  # one seed's run (only the pipeline's seed loops leave out the name)
             except (OSError, ValueError):
                 inputs.append(key)
     row = plan.of_module(stage)
     word = row.name if row else stage  # the stage's CLI name: teacher-logits, fold-teacher
     shown = [str(kwargs["name"])] if kwargs.get("name") else named  # "evaluate lora-qv", not its kind too
     label = " ".join(dict.fromkeys([word, *shown])) if shown else word
-    if stage == "evaluate" and not kwargs.get("name"):  # slices and seeds' runs are named by their own summary
-        label = f"evaluate {inputs[-1].split(':', 1)[-1]}" if inputs else label
+    if evaluated is not None:  # slices, seeds' runs and quantized forms are named by their own summary
+        label = f"evaluate {evaluated}"
     if seed is not None:
         label += f" seed {seed}"
     digest = hashlib.sha256(json.dumps([stage, named, sorted(inputs)]).encode()).hexdigest()[:12]

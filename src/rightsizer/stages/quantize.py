@@ -70,5 +70,6 @@ def run(config: RunConfig, data_dir: str | Path, source_dir: str | Path, output_
                         "duration_s": round(time.time() - started, 2), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                     made.append(candidate)
                     print(f"quantize: {source} -> {candidate} ({entry.method})", flush=True)
-        out.summary.update({"kind": "quantize", "source": source, "source_kind": kind, "candidates": made})
+        out.summary.update({"kind": "quantize", "source": source, "source_kind": kind, "seed": trained.get("seed"),
+                            "candidates": made})
     return out.summary
