@@ -169,7 +169,7 @@ def test_one_seed_twice_is_still_a_repeated_name():
         combine_seeds([runs[0], {**runs[0]}], "macro_f1")
     assert combine_seeds(runs, "macro_f1")[0]["seeds"] == [0]  # one run: its seed, no spread
     assert "macro_f1_std" not in combine_seeds(runs, "macro_f1")[0]
-    assert report.LEADERBOARD_KEYS[-6:] == ("seeds", "accuracy_std", "macro_f1_std", "val_accuracy_std",
+    assert report.LEADERBOARD_KEYS[-7:] == ("seed", "seeds", "accuracy_std", "macro_f1_std", "val_accuracy_std",
                                             "val_macro_f1_std", "per_seed")
 
 
@@ -188,12 +188,13 @@ def test_local_run_with_two_seeds_reports_their_mean(tmp_path, capsys):
     board = json.loads((out / "leaderboard.json").read_text())
     teacher = next(row for row in board["candidates"] if row["name"] == "teacher")
     assert teacher["seeds"] == [1, 2] and [run["seed"] for run in teacher["per_seed"]] == [1, 2]
+    assert teacher["seed"] in (1, 2)  # the shipped one
     for key in ("val_macro_f1", "macro_f1", "accuracy", "val_accuracy"):
         assert teacher[key] == pytest.approx(statistics.fmean(run[key] for run in teacher["per_seed"]), abs=1e-6)
     assert teacher["per_seed"][0]["val_macro_f1"] != teacher["per_seed"][1]["val_macro_f1"] or \
         teacher["per_seed"][0]["macro_f1"] != teacher["per_seed"][1]["macro_f1"]  # two different models
     shipped = max(teacher["per_seed"], key=lambda run: (run["val_macro_f1"], -run["seed"]))
-    assert teacher["path"] == shipped["path"] and (out / shipped["path"] / "config.json").exists()
+    assert teacher["path"] == shipped["path"] and teacher["seed"] == shipped["seed"] and (out / shipped["path"] / "config.json").exists()
     assert all((out / run["path"]).is_dir() for run in teacher["per_seed"])
     summaries = [json.loads(p.read_text()) for p in (out / "stages").rglob("summary.json")]
     assert sorted(s["seed"] for s in summaries if s.get("stage") == "teacher") == [1, 2]

@@ -92,6 +92,7 @@ class LeaderboardRow(Record):
     path: str | None = None  # its model: within the run directory after a local run, else where it was evaluated
     # trained with several seeds (config `seeds`): the scores above are the mean over the seeds, `path` is the seed
     # with the best validation score (the one shipped), the intervals are over test examples for that mean
+    seed: int | None = None  # the seed of the model at `path` (several seeds: the best on validation)
     seeds: list[int] | None = None  # the seeds it was trained with (one for a single run)
     accuracy_std: float | None = None  # sample standard deviation over the seeds (two or more)
     macro_f1_std: float | None = None
