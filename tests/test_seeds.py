@@ -262,3 +262,16 @@ def test_console_labels_name_each_seed(tmp_path):
     assert len({key for _, key in labels}) == 3  # each its own resume record
     assert _identity("teacher", {"name": "teacher", "seed": 2, "output_dir": "o"})[0] == "teacher seed 2"
     assert _identity("teacher", {"name": "teacher", "output_dir": "o"})[0] == "teacher"
+
+
+def test_model_card_says_which_seed_is_shipped(tiny_config):
+    from rightsizer.stages.report.model_card import model_card
+
+    runs, evidence = seed_runs({"big": [0.90, 0.80]}, {"big": 10.0})
+    row = combine_seeds(runs, "macro_f1", evidence)[0]
+    text = model_card(row, {"name": "test", "reason": "big is the best", "metric": "macro_f1"},
+                      {"rows": {}, "label_names": LABELS}, tiny_config(["seeds=[0, 1]"]))
+    assert f"{row['val_macro_f1']:.4f} ± {row['val_macro_f1_std']:.4f} (2 seeds)" in text
+    own = row["per_seed"][0]
+    assert "Trained with seeds [0, 1]" in text and "This model is seed 0, the one with the best validation score" in text
+    assert f"validation macro-F1 {own['val_macro_f1']:.4f}" in text and ", seed 0." in text

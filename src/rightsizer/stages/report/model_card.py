@@ -55,7 +55,9 @@ def seeds_paragraph(row: dict, metric: str) -> list[str]:
     if len(seeds) < 2:
         return []
     own = next((run for run in row.get("per_seed") or [] if run.get("seed") == row.get("seed")), {})
-    scores = ", ".join(f"{split} {metric.replace('_', '-')} {own[key]:.4f}" for split, key in
+    from rightsizer.stages.report.decision import METRIC_NAMES
+
+    scores = ", ".join(f"{split} {METRIC_NAMES.get(metric, metric)} {own[key]:.4f}" for split, key in
                        (("validation", f"val_{metric}"), ("test", metric)) if own.get(key) is not None)
     return [f"Trained with seeds {seeds}: the figures above are the mean over the seeds ± their sample standard "
             "deviation, with the bootstrap interval of the mean over the examples; the recommendation used the mean. "
