@@ -30,8 +30,7 @@ class Evidence:
     labels: dict[str, np.ndarray]
     num_labels: int
     chance: dict[str, dict]  # split -> stats.chance_level(...)
-    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # name -> split -> labels (first run)
-    runs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # name -> one per seed it was trained with
+    runs: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)  # name -> split -> labels, one per seed
     seed: int = 0
     _scores: dict = field(default_factory=dict, repr=False)  # (name, split, metric) -> (point, per-resample scores)
 
@@ -46,8 +45,12 @@ class Evidence:
         """Record a candidate's predictions when they cover the splits' examples (else it is left out); a
         candidate trained with several seeds is added once per seed, under its one name."""
         if predictions and all(len(predictions.get(split, ())) == len(self.labels[split]) for split in SPLITS):
-            self.predictions.setdefault(name, predictions)
             self.runs.setdefault(name, []).append(predictions)
+
+    @property
+    def predictions(self) -> dict[str, dict[str, np.ndarray]]:
+        """name -> split -> predicted labels of each candidate's first run."""
+        return {name: runs[0] for name, runs in self.runs.items()}
 
     def scores(self, name: str, split: str, metric: str) -> tuple[float, np.ndarray]:
         """``name``'s ``metric`` on ``split`` and on each bootstrap resample of it (the same resamples for
