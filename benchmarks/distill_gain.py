@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--temperature", default="auto", help="the distilled arms' temperature: a number or auto")
+    parser.add_argument("--alpha", default="auto", help="the distilled arms' soft-target weight: a number or auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the stage outputs here")
     parser.add_argument("--reuse", action="store_true",
@@ -252,12 +254,13 @@ def main() -> None:
           flush=True)
 
     results, chosen = [], {arm: {} for arm in ARMS}
+    fixed = {k: float(v) for k, v in (("temperature", args.temperature), ("alpha", args.alpha)) if v != "auto"}
     for seed in range(42, 42 + args.seeds):
         # a T/alpha sweep runs with the first seed; later seeds reuse its choice (CPU time)
         result = {}
         for arm in args.arms:
             candidate, overrides, reads_unlabeled, auto = ARMS[arm]
-            choice = chosen["distilled" if arm == "control" else arm]
+            choice = chosen["distilled" if arm == "control" else arm] or (fixed if auto else {})
             cfg = make_config(args, unlabeled_csv if reads_unlabeled else None, seed,
                               [student(args, **overrides, **choice)])
             out = root / f"{arm}-{seed}"
@@ -267,7 +270,7 @@ def main() -> None:
             result[arm] = {"f1": test_macro_f1(out / "model", root / "data"), "train_s": summary["train_time_s"],
                            "sweep_s": summary.get("sweep_time_s", 0.0), "T": summary["temperature"],
                            "alpha": summary["alpha"], "rows": summary["train_rows"]}
-            if auto and not choice:
+            if auto and not chosen[arm]:
                 chosen[arm] = {"temperature": summary["temperature"], "alpha": summary["alpha"]}
         results.append(result)
         parts = []
