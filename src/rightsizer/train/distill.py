@@ -4,9 +4,10 @@ The loss is Hinton et al.'s: ``alpha * T^2 * KL(p_teacher || p_student) + (1 - a
 where ``p = softmax(logits / T)`` and ``p_teacher`` is the (mean or validation-score weighted) mixture
 of every teacher's softened distribution. The ``T^2`` keeps the soft-target gradients on the same
 scale as the hard-label ones when ``T`` changes. Rows without a label (unlabeled transfer text, label
--100) get only the KD term. Optional hidden-state matching adds ``hidden_weight * MSE`` between the
-student's states through a learned linear projection and the teacher's, both standardised per dimension over
-the batch's real tokens, so no few large dimensions dominate and a teacher's per-dimension scale is irrelevant.
+-100) get only the KD term, at full weight: ``alpha`` weighs a labelled row's two targets, not the transfer
+set. Optional hidden-state matching adds ``hidden_weight * MSE`` between the student's states through a
+learned linear projection and the teacher's, both standardised per dimension over the batch's real tokens,
+so no few large dimensions dominate and a teacher's per-dimension scale is irrelevant.
 
 Teacher logits usually come *cached* (computed once by the teacher-logits stage and carried in the
 training set as a ``teacher_logits`` column, so every epoch reuses them); with hidden-state matching
@@ -68,16 +69,25 @@ def combine_teachers(teacher_logits: torch.Tensor, temperature: float, weights: 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float, alpha: float, weights: torch.Tensor | None = None) -> LossParts:
-    """``alpha * T^2 * KL(teachers || student) + (1 - alpha) * CE(student, labels)``, batch means (CE over the
-    labelled rows: label -100 marks a transfer row with only a soft target)."""
+    """Mean over the batch's rows of ``alpha * T^2 * KL(teachers || student) + (1 - alpha) * CE(student, label)``
+    for a labelled row and of ``T^2 * KL`` alone for a transfer row (label -100: it has only the soft target, so
+    alpha, which weighs a row's two targets against each other, leaves it at full weight). With every row labelled
+    this is ``alpha * kd + (1 - alpha) * ce`` of the batch means. ``kd`` and ``ce`` in the result are batch means
+    (CE over the labelled rows)."""
     student_logits = student_logits.float()
     labelled = labels != -100
-    ce = (F.cross_entropy(student_logits[labelled], labels[labelled]) if bool(labelled.any())
-          else student_logits.sum() * 0.0)
     target = combine_teachers(teacher_logits, temperature, weights)
     log_student = F.log_softmax(student_logits / temperature, dim=-1)
-    kd = F.kl_div(log_student, target, reduction="batchmean") * temperature**2
-    return LossParts(alpha * kd + (1.0 - alpha) * ce, kd, ce)
+    kd_rows = F.kl_div(log_student, target, reduction="none").sum(dim=-1) * temperature**2
+    ce_rows = torch.zeros_like(kd_rows)
+    if bool(labelled.any()):
+        ce_rows = ce_rows.masked_scatter(labelled, F.cross_entropy(student_logits[labelled], labels[labelled],
+                                                                   reduction="none"))
+        ce = ce_rows[labelled].mean()
+    else:
+        ce = student_logits.sum() * 0.0
+    rows = torch.where(labelled, alpha * kd_rows + (1.0 - alpha) * ce_rows, kd_rows)
+    return LossParts(rows.mean(), kd_rows.mean(), ce)
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
