@@ -42,7 +42,8 @@ def student(args, name: str = "minilm-3l", **overrides) -> dict:
     """The 3-layer student's config entry (this run's defaults unless overridden)."""
     augment = {"method": args.augment, "copies": args.copies} if args.copies else {"method": "none"}
     targets = {"folds": args.folds} if args.folds else {"targets": "in_sample"}
-    return {"name": name, "from_teacher_layers": [0, 2, 4], **targets, "augment": augment, **schedule(args), **overrides}
+    return {"name": name, "from_teacher_layers": [0, 2, 4], "layers_from": args.layers_from, **targets, "augment": augment,
+            **schedule(args), **overrides}
 
 
 def schedule(args) -> dict:
@@ -173,6 +174,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--teacher-epochs", type=float, default=None,
                         help="the teacher's (and fold teachers') epochs (default: --epochs, as the student)")
+    parser.add_argument("--layers-from", default="trained", choices=["trained", "pretrained"],
+                        help="the student's (and control's) layers 0/2/4: of the trained teacher or of pretrained MiniLM")
     parser.add_argument("--folds", type=int, default=5, help="fold teachers (0: in-sample targets, no fold teachers)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--temperature", default="auto", help="the distilled arms' temperature: a number or auto")

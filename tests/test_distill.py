@@ -147,6 +147,29 @@ def test_student_from_teacher_layers_copies_weights_exactly(tmp_path, trained_te
         student_from_teacher_layers(tmp_path / "albert", [0])
 
 
+def test_a_student_from_the_pretrained_teachers_layers(demo_data, trained_teacher, bundle):
+    """``layers_from: pretrained`` copies the layers of the model the teacher starts from (DistilBERT-style), with a
+    head for this task's labels, not the trained teacher's."""
+    from rightsizer.data import load_prepared
+    from rightsizer.models import load_classifier
+    from rightsizer.stages.distill import build_student
+    from rightsizer.stages.teacher_logits import read_bundle
+    from rightsizer.train import training_texts
+
+    config = student_config({"name": "s", "from_teacher_layers": [1], "layers_from": "pretrained"})
+    dataset, card = load_prepared(demo_data)
+    student, _, described = build_student(config, config.students[0], read_bundle(bundle, card["label_names"]), dataset,
+                                          card["label_names"])
+    base, _ = load_classifier(config.teachers[0].model, card["label_names"], training_texts(dataset), config.seed)
+    trained, _ = load_saved(trained_teacher / "model")
+    key = "bert.encoder.layer.{}.attention.self.query.weight"
+    ours = student.state_dict()[key.format(0)]
+    torch.testing.assert_close(ours, base.state_dict()[key.format(1)], rtol=0, atol=0)
+    assert not torch.allclose(ours, trained.state_dict()[key.format(1)])
+    assert student.config.num_hidden_layers == 1 and student.config.id2label == trained.config.id2label
+    assert "(pretrained) layers [1]" in described
+
+
 # ---------------------------------------------------------------------------------------------
 # training students
 
@@ -319,6 +342,8 @@ def test_val_score_weighting_across_two_teachers(tmp_path, demo_data, trained_te
     ({"students": [{"name": "s", "model": "tiny-bert-2l", "alpha": 1.5}]}, "alpha"),
     ({"students": [{"name": "s", "model": "tiny-bert-2l", "alpha": -0.1}]}, "alpha"),
     ({"students": [{"name": "s", "from_teacher_layers": [-1]}]}, "layer indices >= 0"),
+    ({"students": [{"name": "s", "model": "tiny-bert-2l", "layers_from": "pretrained"}]}, "layers_from only matters"),
+    ({"students": [{"name": "s", "from_teacher_layers": [0], "layers_from": "fine-tuned"}]}, "layers_from"),
     ({"students": [{"name": "s", "model": "tiny-bert-2l", "layer_map": {0: 1}}]}, "set hidden_weight > 0"),
     ({"students": [{"name": "s", "model": "tiny-bert-2l", "hidden_weight": 1, "teacher_logits": "cached"}]},
      "teacher_logits: online"),

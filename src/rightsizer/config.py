@@ -155,6 +155,10 @@ class StudentConfig(TrainingOptions, Seeded):
     model: str | None = Field(None, description="preset | local dir | hub id")
     from_teacher_layers: list[int] | None = Field(None, description="build the student from these teacher layers")
     teacher: str | None = Field(None, description="teacher whose layers from_teacher_layers copies (default: the first)")
+    layers_from: Literal["trained", "pretrained"] = Field(
+        "trained", description="from_teacher_layers copies the teacher as trained in this run (trained) or the "
+        "model it starts from (pretrained, DistilBERT-style: what the student knows of the task then comes only "
+        "from the labels and the teacher's targets)")
     temperature: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = Field(
         "auto", description=f"softmax temperature, or auto: the best of {list(TEMPERATURE_GRID)} on validation "
         "after short runs")
@@ -199,6 +203,8 @@ class StudentConfig(TrainingOptions, Seeded):
             not self.from_teacher_layers or any(i < 0 for i in self.from_teacher_layers)
         ):
             raise ValueError("from_teacher_layers must be a non-empty list of layer indices >= 0")
+        if self.layers_from != "trained" and self.from_teacher_layers is None:
+            raise ValueError("layers_from only matters with from_teacher_layers; drop it or give from_teacher_layers")
         if self.layer_map is not None:
             if self.hidden_weight == 0:
                 raise ValueError("layer_map only matters for hidden-state matching; set hidden_weight > 0 or drop it")

@@ -32,10 +32,15 @@ from rightsizer.train.transfer import copies_labelled_by
 def build_student(config: RunConfig, student: StudentConfig, bundle: dict, dataset, label_names: list[str],
                   seed: int | None = None):
     """(model, tokenizer, description) of the untrained student, initialised from ``seed`` (default: the run's)."""
-    from rightsizer.train.distill import student_from_teacher_layers
+    from rightsizer.train.distill import student_from_layers, student_from_teacher_layers
 
     if student.from_teacher_layers is not None:
         teacher = student.teacher or config.teachers[0].name
+        if student.layers_from == "pretrained":  # the teacher's starting point, with a new head for these labels
+            base, tokenizer = load_classifier(config.teacher(teacher).model, label_names, training_texts(dataset),
+                                              config.seed if seed is None else seed)
+            model = student_from_layers(base, student.from_teacher_layers)
+            return model, tokenizer, f"{config.teacher(teacher).model} (pretrained) layers {student.from_teacher_layers}"
         model, tokenizer = student_from_teacher_layers(teacher_model_dir(bundle, teacher), student.from_teacher_layers)
         return model, tokenizer, f"{teacher} layers {student.from_teacher_layers}"
     if describe(student.model) == "local" and (Path(student.model).expanduser() / "config.json").exists():

@@ -337,15 +337,29 @@ def student_from_teacher_layers(teacher_dir: str | Path, layers: Sequence[int]):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     teacher_dir = Path(teacher_dir)
-    config = AutoConfig.from_pretrained(str(teacher_dir))
+    check_layer_indices(AutoConfig.from_pretrained(str(teacher_dir)), layers)
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), dtype=torch.float32)
+    return student_from_layers(teacher, layers), AutoTokenizer.from_pretrained(str(teacher_dir))
+
+
+def check_layer_indices(config, layers: Sequence[int]) -> None:
     total = layer_count(config)
     wrong = [i for i in layers if not 0 <= i < total]
     if wrong:
         raise UserError(f"from_teacher_layers {list(layers)}: the teacher has {total} layers (0-{total - 1}); "
                         f"index {', '.join(map(str, wrong))} is out of range")
-    teacher = AutoModelForSequenceClassification.from_pretrained(str(teacher_dir), dtype=torch.float32)
+
+
+def student_from_layers(teacher, layers: Sequence[int]):
+    """A new model of ``teacher``'s class: its embeddings, ``layers`` (in that order) and head, weights copied exactly."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    config = teacher.config
+    check_layer_indices(config, layers)
     prefix, _ = layer_stack(teacher)
-    student_config = AutoConfig.from_pretrained(str(teacher_dir))
+    student_config = copy.deepcopy(config)
     setattr(student_config, LAYER_COUNT_KEYS[config.model_type], len(layers))
     if isinstance(getattr(student_config, "layer_types", None), list):
         student_config.layer_types = [config.layer_types[i] for i in layers]
@@ -362,5 +376,4 @@ def student_from_teacher_layers(teacher_dir: str | Path, layers: Sequence[int]):
             if match and int(match.group(1)) == old_index:
                 state[f"{prefix}.{new_index}.{match.group(2)}"] = value.clone()
     student.load_state_dict(state, strict=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
-    return student, tokenizer
+    return student
