@@ -181,7 +181,8 @@ def main() -> None:
     parser.add_argument("--layers-from", default="pretrained", choices=["trained", "pretrained"],
                         help="the student's (and control's) layers 0/2/4: of the trained teacher or of pretrained MiniLM")
     parser.add_argument("--folds", type=int, default=5, help="fold teachers (0: in-sample targets, no fold teachers)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=42, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--temperature", default="2", help="the distilled arms' temperature: a number or auto")
     parser.add_argument("--alpha", default="0.5", help="the distilled arms' soft-target weight: a number or auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -263,7 +264,7 @@ def main() -> None:
 
     results, chosen = [], {arm: {} for arm in ARMS}
     fixed = {k: float(v) for k, v in (("temperature", args.temperature), ("alpha", args.alpha)) if v != "auto"}
-    for seed in range(42, 42 + args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         # a T/alpha sweep runs with the first seed; later seeds reuse its choice (CPU time)
         result = {}
         for arm in args.arms:
