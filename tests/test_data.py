@@ -251,3 +251,18 @@ def test_dedupe_that_empties_validation_is_a_user_error(tmp_path):
     frame(30, start=60).to_csv(tmp_path / "test.csv", index=False)
     with pytest.raises(UserError, match="the validation split has no rows after removing 30 duplicate"):
         prepare_dataset(cfg(tmp_path, text_column="review", label_column="sentiment"), seed=0)
+
+
+def test_builtin_unlabeled_text_is_for_the_transfer_set_only():
+    """``builtin:demo-unlabeled``: more reviews from the demo's generator, text only, none repeating a labelled text;
+    as the labelled source it is a one-line error."""
+    from rightsizer.data import prepare_unlabeled
+
+    data = DataConfig(source="builtin:demo", unlabeled_source="builtin:demo-unlabeled")
+    dataset, _ = prepare_dataset(data, 42)
+    unlabeled, counts = prepare_unlabeled(data, dataset)
+    labelled = {t for split in dataset.values() for t in split["text"]}
+    assert unlabeled.column_names == ["id", "text"] and counts["rows"] == len(unlabeled) > 11000
+    assert not labelled & set(unlabeled["text"]) and len(set(unlabeled["text"])) == len(unlabeled)
+    with pytest.raises(UserError, match="is text without labels; give it as data.unlabeled_source"):
+        prepare_dataset(DataConfig(source="builtin:demo-unlabeled"), 42)

@@ -9,7 +9,10 @@ reads word order does better.
 ``builtin:demo-pairs`` — question pairs (duplicate / not_duplicate) in the style of Quora Question
 Pairs: duplicates are paraphrases (synonyms, other templates), hard negatives change one slot.
 
-Both are deterministic: the same rows every time, whatever the run's seed.
+``builtin:demo-unlabeled`` — 12,000 more reviews from the demo's generator, text only, for
+``data.unlabeled_source`` (distillation's transfer set); as ``data.source`` it is refused (no labels).
+
+All are deterministic: the same rows every time, whatever the run's seed.
 """
 
 from __future__ import annotations
@@ -150,7 +153,14 @@ def pair_rows(n: int = 3000, noise: float = 0.03) -> list[dict]:
     return rows
 
 
+def demo_unlabeled_rows(n: int = 12000) -> list[dict]:
+    """``n`` more reviews from the demo's generator, past the 4,000 that ``builtin:demo`` is made of, text only:
+    in-domain text without labels for distillation's transfer set (``data.unlabeled_source``)."""
+    return [{"text": row["text"]} for row in demo_rows(4000 + n)[4000:]]
+
+
 BUILTIN = {
     "demo": {"rows": demo_rows, "text_column": "text", "text_pair_column": None, "labels": DEMO_LABELS},
+    "demo-unlabeled": {"rows": demo_unlabeled_rows, "text_column": "text", "text_pair_column": None, "labels": None},
     "demo-pairs": {"rows": pair_rows, "text_column": "question1", "text_pair_column": "question2", "labels": PAIR_LABELS},
 }

@@ -59,7 +59,9 @@ def _load_builtin(name: str) -> Loaded:
         raise UserError(f"unknown built-in data set '{name}'{did_you_mean(name, BUILTIN)}; built-ins: {one_of(BUILTIN)}")
     spec = BUILTIN[name]
     frame = pd.DataFrame(spec["rows"]())
-    return Loaded({"all": frame}, list(spec["labels"]), {"text_column": spec["text_column"], "text_pair_column": spec["text_pair_column"]})
+    return Loaded({"all": frame}, list(spec["labels"]) if spec["labels"] else None,
+                  {"text_column": spec["text_column"], "text_pair_column": spec["text_pair_column"],
+                   "unlabeled": spec["labels"] is None})
 
 
 def _load_hf(spec: str) -> Loaded:
@@ -283,6 +285,9 @@ def prepare_dataset(data: DataConfig, seed: int, loaded: Loaded | None = None):
     import datasets
 
     loaded = loaded or load_source(data)
+    if loaded.defaults.get("unlabeled"):
+        raise UserError(f"data.source '{data.source}' is text without labels; give it as data.unlabeled_source "
+                        "(distillation's transfer set) beside a labelled data.source")
     text_column = data.text_column
     pair_column = data.text_pair_column
     if loaded.defaults and data.source.startswith("builtin:"):
