@@ -22,7 +22,8 @@ the seeds (and the distilled student vs ``trained_control``), the training time 
 ``ratio: mean distilled macro-F1 / mean control macro-F1``. ``--keep DIR --reuse`` reuses the prepared data,
 the teacher and the fold teachers an earlier run left in DIR when their summaries match these arguments
 (their train times still come from those summaries); the bundle is rebuilt and the students retrained. Run:
-``.venv/bin/python benchmarks/distill_gain.py`` (the README's figures: about 45 min on 2 idle CPU cores;
+``.venv/bin/python benchmarks/distill_gain.py`` (the README's figures: about 35 min on 2 idle CPU cores, of which
+the teacher and its five fold teachers about 15;
 ``--train 300 --unlabeled 600 --seeds 1`` for a quick look).
 """
 
@@ -171,7 +172,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--train", type=int, default=1500, help="labelled training rows")
-    parser.add_argument("--eval", type=int, default=600, help="validation and test rows each (max_eval_samples; the demo's validation split has 396)")
+    parser.add_argument("--eval", type=int, default=600,
+                        help="validation and test rows each (max_eval_samples; the demo's validation split has 396)")
     parser.add_argument("--unlabeled", type=int, default=6000, help="unlabeled in-domain texts in the transfer set")
     parser.add_argument("--augment", default="mlm", choices=["mlm", "swap"])
     parser.add_argument("--copies", type=int, default=0, help="augmented copies per training text (0: none)")

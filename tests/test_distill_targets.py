@@ -216,7 +216,8 @@ def test_unlabeled_rows_get_only_the_kd_term():
     mixed = distillation_loss(student, teacher, labels, 2.0, 0.3)
     only = torch.nn.functional.cross_entropy(student[[0, 2]], torch.tensor([0, 2]))
     assert float(mixed.ce) == pytest.approx(float(only))
-    kd_rows = [float(distillation_loss(student[[i]], teacher[[i]], labels[[i]].clamp(min=0), 2.0, 1.0).loss) for i in range(4)]
+    kd_rows = [float(distillation_loss(student[[i]], teacher[[i]], labels[[i]].clamp(min=0), 2.0, 1.0).loss)
+               for i in range(4)]
     ce_rows = torch.nn.functional.cross_entropy(student, labels.clamp(min=0), reduction="none")
     expected = (0.3 * kd_rows[0] + 0.7 * float(ce_rows[0]) + kd_rows[1] + 0.3 * kd_rows[2] + 0.7 * float(ce_rows[2])
                 + kd_rows[3]) / 4

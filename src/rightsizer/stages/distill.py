@@ -37,10 +37,11 @@ def build_student(config: RunConfig, student: StudentConfig, bundle: dict, datas
     if student.from_teacher_layers is not None:
         teacher = student.teacher or config.teachers[0].name
         if student.layers_from == "pretrained":  # the teacher's starting point, with a new head for these labels
-            base, tokenizer = load_classifier(config.teacher(teacher).model, label_names, training_texts(dataset),
+            start = config.teacher(teacher).model
+            base, tokenizer = load_classifier(start, label_names, training_texts(dataset),
                                               config.seed if seed is None else seed)
             model = student_from_layers(base, student.from_teacher_layers)
-            return model, tokenizer, f"{config.teacher(teacher).model} (pretrained) layers {student.from_teacher_layers}"
+            return model, tokenizer, f"{start} (pretrained) layers {student.from_teacher_layers}"
         model, tokenizer = student_from_teacher_layers(teacher_model_dir(bundle, teacher), student.from_teacher_layers)
         return model, tokenizer, f"{teacher} layers {student.from_teacher_layers}"
     if describe(student.model) == "local" and (Path(student.model).expanduser() / "config.json").exists():

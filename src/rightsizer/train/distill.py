@@ -79,13 +79,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     target = combine_teachers(teacher_logits, temperature, weights)
     log_student = F.log_softmax(student_logits / temperature, dim=-1)
     kd_rows = F.kl_div(log_student, target, reduction="none").sum(dim=-1) * temperature**2
-    ce_rows = torch.zeros_like(kd_rows)
-    if bool(labelled.any()):
-        ce_rows = ce_rows.masked_scatter(labelled, F.cross_entropy(student_logits[labelled], labels[labelled],
-                                                                   reduction="none"))
-        ce = ce_rows[labelled].mean()
-    else:
-        ce = student_logits.sum() * 0.0
+    ce_rows = F.cross_entropy(student_logits, labels, reduction="none")  # 0 on transfer rows (ignore_index -100)
+    ce = ce_rows[labelled].mean() if bool(labelled.any()) else student_logits.sum() * 0.0
     rows = torch.where(labelled, alpha * kd_rows + (1.0 - alpha) * ce_rows, kd_rows)
     return LossParts(rows.mean(), kd_rows.mean(), ce)
 
